@@ -1,0 +1,206 @@
+"""The statistics every kerasnorm layer uses, written once.
+
+Each normalization layer differs only in which axes it reduces over and whether it keeps
+state (the shape of Flax's ``linen/normalization.py``). The helpers here:
+
+- validate and canonicalize axis arguments (``canonicalize_axes``);
+- turn a Keras mask into per-element weights (``mask_weights``);
+- compute masked moments in float32 or better with two passes and, optionally, across
+  ``tf.distribute`` replicas (``moments``);
+- apply the affine normalization with the same arithmetic as ``keras.ops``
+  (``normalize``).
+
+Two-pass means the variance is the mean of squared deviations from the already-computed
+mean, never ``E[x^2] - E[x]^2``: the latter loses every significant digit once the mean is
+large against the spread (a mean 1e4 times the standard deviation empties float32).
+"""
+
+from __future__ import annotations
+
+import collections
+import numbers
+
+import keras
+from keras import ops
+
+Moments = collections.namedtuple("Moments", ["mean", "variance", "count"])
+Moments.__doc__ = """Statistics of a reduction, each with the reduced axes kept (size 1).
+
+`mean` and `variance` (biased: divided by `count`) are float32 (float64 for float64
+inputs); `count` is the number of valid (unmasked) elements behind each statistic, with
+the same shape as `mean`. Where `count` is zero the mean and variance are zero."""
+
+
+def validate_axis_argument(axis, name="axis"):
+    """Checks an `axis` constructor argument: an int, or a non-empty list of distinct ints.
+
+    Returns an int or a list of ints. The range is checked at build time, when the rank is
+    known (`canonicalize_axes`).
+    """
+    if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, list, tuple)):
+        raise ValueError(
+            f"Argument `{name}` must be an int or a list of ints. Received: {name}={axis!r}"
+        )
+    if isinstance(axis, numbers.Integral):
+        return int(axis)
+    if not axis or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in axis):
+        raise ValueError(
+            f"Argument `{name}` must be an int or a non-empty list of ints. "
+            f"Received: {name}={axis!r}"
+        )
+    return [int(a) for a in axis]
+
+
+def canonicalize_axes(axis, ndim, name="axis"):
+    """Returns `axis` (int or sequence) as a sorted tuple of non-negative axes of an
+    `ndim`-rank tensor. Raises `ValueError` for an out-of-range or repeated axis."""
+    axes = [axis] if isinstance(axis, numbers.Integral) else list(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"Axis {a} is out of range for an input of rank {ndim}. Received: {name}={axis!r}"
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"Argument `{name}` names an axis twice. Received: {name}={axis!r}")
+    return tuple(sorted(out))
+
+
+def statistics_dtype(dtype):
+    """float32 for half-precision (and float32) inputs, float64 for float64 inputs."""
+    return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
+
+
+def check_floating(inputs, layer_name):
+    """Raises `ValueError` naming the dtype when `inputs` are not floating point: silently
+    casting integers would hide a missing preprocessing step."""
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if "float" not in dtype:
+        raise ValueError(
+            f"Layer '{layer_name}' expects floating-point inputs. "
+            f"Received: inputs.dtype={dtype}"
+        )
+
+
+def mask_weights(mask, inputs):
+    """Returns float weights (1 valid, 0 masked) broadcastable to `inputs`, or None.
+
+    A Keras mask covers the leading axes of the inputs (typically `(batch, time)` for a
+    `(batch, time, features)` tensor): any prefix of the input shape is accepted, and the
+    trailing axes are expanded so that one mask entry covers a whole feature vector.
+    """
+    if mask is None:
+        return None
+    rank, ndim = len(mask.shape), len(inputs.shape)
+    prefix_ok = rank <= ndim and all(
+        m is None or i is None or m == i for m, i in zip(mask.shape, inputs.shape[:rank])
+    )
+    if not prefix_ok:
+        raise ValueError(
+            "The mask must cover the leading axes of the inputs. "
+            f"Received: mask.shape={tuple(mask.shape)}, inputs.shape={tuple(inputs.shape)}"
+        )
+    weights = ops.cast(mask, statistics_dtype(inputs.dtype))
+    for _ in range(ndim - rank):
+        weights = ops.expand_dims(weights, -1)
+    return weights
+
+
+def reduced_count(inputs, axes):
+    """Number of elements behind each statistic of an unmasked reduction over `axes`."""
+    shape = ops.shape(inputs)
+    count = 1
+    for a in axes:
+        count = count * shape[a]
+    return count
+
+
+def _replica_context():
+    """The `tf.distribute` replica context when statistics should be synchronized across
+    more than one replica, else None (TensorFlow backend only)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return None
+    return ctx
+
+
+def _all_reduce_sum(ctx, value):
+    if ctx is None:
+        return value
+    import tensorflow as tf
+
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def moments(inputs, axes, weights=None, synchronized=False):
+    """Mean, biased variance and count of `inputs` over `axes`, reduced axes kept.
+
+    Args:
+        inputs: floating tensor, any dtype; statistics are computed in float32 (float64
+            for float64 inputs).
+        axes: tuple of non-negative axes to reduce over.
+        weights: optional 0/1 float weights broadcastable to `inputs` (see
+            `mask_weights`); elements of weight 0 never enter the statistics.
+        synchronized: under a `tf.distribute` strategy with several replicas, reduce over
+            the global batch: each replica contributes its sums and valid counts, so
+            replicas holding more valid elements weigh more, exactly as one large batch.
+
+    Returns:
+        `Moments(mean, variance, count)`.
+    """
+    dtype = statistics_dtype(inputs.dtype)
+    x = ops.cast(inputs, dtype)
+    ctx = _replica_context() if synchronized else None
+
+    if weights is None and ctx is None:
+        # Fast path: the backend's reductions, still two passes.
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(x - ops.stop_gradient(mean)), axis=axes, keepdims=True)
+        count = ops.cast(reduced_count(x, axes), dtype) * ops.ones_like(mean)
+        return Moments(mean, variance, count)
+
+    if weights is None:
+        weights = ops.ones_like(x)
+    weights = ops.cast(weights, dtype)
+    # The count has the statistics' shape even when the weights broadcast along some of
+    # the reduced axes: sum a full-shape weight tensor.
+    full_weights = ops.broadcast_to(weights, ops.shape(x))
+    count = _all_reduce_sum(ctx, ops.sum(full_weights, axis=axes, keepdims=True))
+    safe_count = ops.maximum(count, 1.0)
+    total = _all_reduce_sum(ctx, ops.sum(x * weights, axis=axes, keepdims=True))
+    mean = total / safe_count
+    deviation = (x - ops.stop_gradient(mean)) * weights
+    variance = _all_reduce_sum(ctx, ops.sum(ops.square(deviation), axis=axes, keepdims=True))
+    variance = variance / safe_count
+    return Moments(mean, variance, count)
+
+
+def normalize(inputs, mean, variance, scale, offset, epsilon):
+    """`(inputs - mean) / sqrt(variance + epsilon) * scale + offset`, broadcasting.
+
+    Written as `inputs * inv + (offset - mean * inv)` with `inv = rsqrt(variance + eps) *
+    scale`: one multiply-add per element, and the same arithmetic as
+    `keras.ops.batch_normalization`, so drop-in layers give the same numbers.
+    `scale` and `offset` may be None.
+    """
+    inv = ops.rsqrt(variance + epsilon)
+    if scale is not None:
+        inv = inv * scale
+    shift = -mean * inv
+    if offset is not None:
+        shift = shift + offset
+    return inputs * inv + shift
+
+
+def is_finite(*tensors):
+    """Elementwise: True where every given tensor is finite (tensors broadcast)."""
+    finite = None
+    for t in tensors:
+        f = ops.isfinite(t)
+        finite = f if finite is None else ops.logical_and(finite, f)
+    return finite
