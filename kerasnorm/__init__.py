@@ -1,0 +1,17 @@
+"""kerasnorm: normalization layers for Keras 3.
+
+Drop-in replacements for Keras's normalization layers, with float32 two-pass statistics,
+masks, clear errors, and what the built-ins lack (ghost batches, renorm warm-up, population
+statistics, recurrent cells, BN folding).
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
+from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["BatchNormalization", "LayerNormalization"]
