@@ -10,8 +10,15 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
+from kerasnorm.group_normalization import GroupNormalization  # noqa: E402
 from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
+from kerasnorm.rms_normalization import RMSNormalization  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchNormalization", "LayerNormalization"]
+__all__ = [
+    "BatchNormalization",
+    "GroupNormalization",
+    "LayerNormalization",
+    "RMSNormalization",
+]

@@ -1,0 +1,199 @@
+"""Group normalization: a drop-in for `keras.layers.GroupNormalization`, with masks."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import keras
+from keras import constraints, initializers, ops, regularizers
+
+from kerasnorm import moments as M
+from kerasnorm.batch_normalization import _check_bool, _float_in
+
+
+@keras.saving.register_keras_serializable(package="kerasnorm")
+class GroupNormalization(keras.layers.Layer):
+    """Normalizes each sample over groups of channels; a drop-in
+    `keras.layers.GroupNormalization`.
+
+    The channels of `axis` are split into `groups` consecutive groups; each sample is
+    normalized with the mean and variance of each group, taken over the group's channels
+    and every other non-batch axis (for an image: the group's channels at all pixels),
+    then scaled and shifted per channel by `gamma` and `beta`. `groups=1` gives layer
+    normalization over all non-batch axes; `groups=-1` (one channel per group) gives
+    instance normalization. No state, and the same output in training and inference.
+
+    The arguments, defaults, weights (`gamma`, `beta`, shape `(channels,)`, in that
+    order), saved files and numbers are those of Keras's layer; the statistics are always
+    computed in float32 (float64 for float64 inputs) with the corrected two-pass
+    algorithm of `kerasnorm.moments`, also for float16/bfloat16 inputs.
+
+    What kerasnorm adds: a mask over leading axes (e.g. `(batch, time)` for padded
+    sequences, as from `Embedding(mask_zero=True)`) keeps masked positions out of the
+    statistics, so a sequence's output does not depend on how much padding it carries.
+    Keras's layer ignores the mask in its statistics: with a mask, and only then, the
+    numbers of the two layers differ. The mask passes through to the next layer.
+
+    Args:
+        groups: Positive integer dividing the number of channels, or -1 for one group per
+            channel (instance normalization). Default 32.
+        axis: Integer, the channel axis. Default -1.
+        epsilon: Positive float added to the variance before the square root.
+        center: If True, add the learned per-channel offset `beta`.
+        scale: If True, multiply by the learned per-channel scale `gamma`.
+        beta_initializer: Initializer for `beta`.
+        gamma_initializer: Initializer for `gamma`.
+        beta_regularizer: Optional regularizer for `beta`.
+        gamma_regularizer: Optional regularizer for `gamma`.
+        beta_constraint: Optional constraint for `beta`.
+        gamma_constraint: Optional constraint for `gamma`.
+        **kwargs: Base layer keyword arguments (e.g. `name`, `dtype`).
+
+    Call arguments:
+        inputs: Floating-point tensor of rank 2 or more.
+        mask: Optional boolean tensor covering leading axes of `inputs` (the batch axis
+            first, never the channel axis); masked positions do not enter the statistics.
+
+    Reference:
+        - [Wu and He, 2018](https://arxiv.org/abs/1803.08494).
+    """
+
+    def __init__(
+        self,
+        groups=32,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (
+            isinstance(groups, bool)
+            or not isinstance(groups, numbers.Integral)
+            or (groups <= 0 and groups != -1)
+        ):
+            raise ValueError(
+                "Argument `groups` must be a positive int, or -1 for instance "
+                f"normalization. Received: groups={groups!r}"
+            )
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise ValueError(f"Argument `axis` must be an int (the channel axis). Received: axis={axis!r}")
+        self.groups = int(groups)
+        self.axis = int(axis)
+        self.epsilon = _float_in("epsilon", epsilon, 0.0, math.inf, low_open=True)
+        self.center = _check_bool("center", center)
+        self.scale = _check_bool("scale", scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+        # Statistics are computed in float32 whatever the policy: no input autocast.
+        self.autocast = False
+        self.gamma = None
+        self.beta = None
+        self._channel_axis = None
+        self._num_groups = None
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        (axis,) = M.canonicalize_axes(self.axis, ndim)
+        if axis == 0:
+            raise ValueError(
+                "The channel axis cannot be the batch axis. "
+                f"Received: axis={self.axis}, input_shape={tuple(input_shape)}"
+            )
+        channels = input_shape[axis]
+        if channels is None:
+            raise ValueError(
+                f"Axis {self.axis} of the input must have a known size to hold weights. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        groups = channels if self.groups == -1 else self.groups
+        if channels % groups:
+            raise ValueError(
+                "Argument `groups` must divide the number of channels. "
+                f"Received: groups={self.groups}, channels={channels} (axis {self.axis} of "
+                f"input_shape={tuple(input_shape)})"
+            )
+        self._channel_axis = axis
+        self._num_groups = groups
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=(channels,),
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=(channels,),
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                autocast=False,
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={axis: channels})
+
+    def call(self, inputs, mask=None):
+        M.check_floating(inputs, self.name)
+        axis, groups = self._channel_axis, self._num_groups
+        ndim = len(inputs.shape)
+        dtype = M.statistics_dtype(inputs.dtype)
+        x = ops.cast(inputs, dtype)
+        weights = M.mask_weights(mask, x)
+        if weights is not None and len(mask.shape) > axis:
+            raise ValueError(
+                "The mask must not cover the channel axis. "
+                f"Received: mask.shape={tuple(mask.shape)}, axis={self.axis}"
+            )
+
+        # (..., channels, ...) -> (..., groups, channels // groups, ...): the group axis
+        # is kept, everything else but the batch is reduced.
+        shape = ops.shape(x)
+        grouped_shape = list(shape[:axis]) + [groups, shape[axis] // groups] + list(shape[axis + 1 :])
+        gx = ops.reshape(x, grouped_shape)
+        if weights is not None:
+            weights = ops.expand_dims(weights, axis)
+        reduction_axes = tuple(a for a in range(1, ndim + 1) if a != axis)
+        stats = M.moments(gx, reduction_axes, weights)
+
+        affine_shape = [1] * (ndim + 1)
+        affine_shape[axis], affine_shape[axis + 1] = groups, shape[axis] // groups
+        gamma = ops.reshape(ops.cast(self.gamma, dtype), affine_shape) if self.scale else None
+        beta = ops.reshape(ops.cast(self.beta, dtype), affine_shape) if self.center else None
+        outputs = M.normalize(gx, stats.mean, stats.variance, gamma, beta, self.epsilon)
+        return ops.cast(ops.reshape(outputs, shape), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        M.canonicalize_axes(self.axis, len(input_shape))
+        return input_shape
+
+    def get_config(self):
+        config = {
+            "groups": self.groups,
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": initializers.serialize(self.beta_initializer),
+            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": constraints.serialize(self.beta_constraint),
+            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+        }
+        return {**super().get_config(), **config}

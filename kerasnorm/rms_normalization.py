@@ -1,0 +1,84 @@
+"""Root-mean-square normalization: a drop-in for `keras.layers.RMSNormalization`."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from kerasnorm import moments as M
+from kerasnorm.batch_normalization import _float_in
+
+
+@keras.saving.register_keras_serializable(package="kerasnorm")
+class RMSNormalization(keras.layers.Layer):
+    """Scales each sample by the inverse root mean square of its features; a drop-in
+    `keras.layers.RMSNormalization`.
+
+    Returns `x * rsqrt(mean(x^2) + epsilon) * scale`, the mean taken per sample over
+    `axis`, exactly the formula of `keras.ops.rms_normalization` (epsilon inside the
+    square root). Unlike layer normalization nothing is subtracted and there is no offset.
+    No state, and the same output in training and inference.
+
+    The arguments, defaults, weight (`scale`, shaped like the normalized axes), saved
+    files and numbers are those of Keras's layer. The mean square is computed in float32
+    (float64 for float64 inputs) from `kerasnorm.moments` as `variance + mean^2` (a sum of
+    two non-negative terms, so nothing cancels), also for float16/bfloat16 inputs.
+    A mask passes through unchanged (each position is normalized on its own).
+
+    Args:
+        axis: Integer or list of integers, the axes to normalize over (and that `scale`
+            spans). Default -1.
+        epsilon: Positive float added to the mean square before the square root.
+            Default 1e-6.
+        **kwargs: Base layer keyword arguments (e.g. `name`, `dtype`).
+
+    Call arguments:
+        inputs: Floating-point tensor of any rank.
+
+    Reference:
+        - [Zhang and Sennrich, 2019](https://arxiv.org/abs/1910.07467).
+    """
+
+    def __init__(self, axis=-1, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = M.validate_axis_argument(axis)
+        self.epsilon = _float_in("epsilon", epsilon, 0.0, math.inf, low_open=True)
+        self.supports_masking = True
+        # The mean square is computed in float32 whatever the policy: no input autocast.
+        self.autocast = False
+        self.scale = None
+        self._axes = None
+
+    def build(self, input_shape):
+        self._axes = M.canonicalize_axes(self.axis, len(input_shape))
+        shape = tuple(input_shape[a] for a in self._axes)
+        if any(d is None for d in shape):
+            raise ValueError(
+                "The normalized axes must have known sizes to hold weights. "
+                f"Received: input_shape={tuple(input_shape)}, axis={self.axis!r}"
+            )
+        self.scale = self.add_weight(name="scale", shape=shape, initializer="ones", autocast=False)
+
+    def call(self, inputs):
+        M.check_floating(inputs, self.name)
+        ndim = len(inputs.shape)
+        dtype = M.statistics_dtype(inputs.dtype)
+        x = ops.cast(inputs, dtype)
+        stats = M.moments(x, self._axes)
+        mean_square = stats.variance + ops.square(stats.mean)
+        scale_shape = [1] * ndim
+        for i, a in enumerate(self._axes):
+            scale_shape[a] = self.scale.shape[i]
+        scale = ops.reshape(ops.cast(self.scale, dtype), scale_shape)
+        # Zero mean: `normalize` then computes x * rsqrt(mean_square + epsilon) * scale.
+        outputs = M.normalize(x, 0.0, mean_square, scale, None, self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        M.canonicalize_axes(self.axis, len(input_shape))
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
