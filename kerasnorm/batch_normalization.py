@@ -8,6 +8,7 @@ import numbers
 import keras
 from keras import constraints, initializers, ops, regularizers
 
+from kerasnorm import kernels
 from kerasnorm import moments as M
 
 _RENORM_KEYS = ("rmax", "rmin", "dmax")
@@ -352,24 +353,51 @@ class BatchNormalization(keras.layers.Layer):
         dtype = M.statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
         weights = M.mask_weights(mask, x)
+        train = bool(training) and self.trainable
+        plain = self.virtual_batch_size is None and not self.renorm
+        if plain and kernels.available(x, self._feature_axes, weights if train else None, self.synchronized):
+            outputs = self._call_fast(x, train)
+        elif train:
+            outputs = self._call_train(x, weights, ndim)
+        else:
+            outputs = M.normalize(
+                x,
+                self._broadcast(ops.cast(self.moving_mean, dtype), ndim),
+                self._broadcast(ops.cast(self.moving_variance, dtype), ndim),
+                *self._affine(dtype, ndim),
+                self.epsilon,
+            )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _affine(self, dtype, ndim):
+        """(gamma, beta) shaped to broadcast against the inputs; None where disabled."""
         gamma = self._broadcast(ops.cast(self.gamma, dtype), ndim) if self.scale else None
         beta = self._broadcast(ops.cast(self.beta, dtype), ndim) if self.center else None
+        return gamma, beta
 
-        if training and self.trainable:
-            if self.virtual_batch_size is not None:
-                outputs = self._train_ghost(x, weights, gamma, beta)
-            else:
-                stats = M.moments(x, self._reduction_axes, weights, self.synchronized)
-                mean, variance = stats.mean, stats.variance
-                if self.renorm:
-                    gamma, beta = self._renorm_transform(stats, gamma, beta)
-                self._update_statistics(self._squeeze(mean), self._squeeze(variance), self._squeeze(stats.count))
-                outputs = M.normalize(x, mean, variance, gamma, beta, self.epsilon)
-        else:
-            mean = self._broadcast(ops.cast(self.moving_mean, dtype), ndim)
-            variance = self._broadcast(ops.cast(self.moving_variance, dtype), ndim)
-            outputs = M.normalize(x, mean, variance, gamma, beta, self.epsilon)
-        return ops.cast(outputs, self.compute_dtype)
+    def _call_train(self, x, weights, ndim):
+        gamma, beta = self._affine(x.dtype, ndim)
+        if self.virtual_batch_size is not None:
+            return self._train_ghost(x, weights, gamma, beta)
+        stats = M.moments(x, self._reduction_axes, weights, self.synchronized)
+        if self.renorm:
+            gamma, beta = self._renorm_transform(stats, gamma, beta)
+        self._update_statistics(*(self._squeeze(t) for t in stats))
+        return M.normalize(x, stats.mean, stats.variance, gamma, beta, self.epsilon)
+
+    def _call_fast(self, x, train):
+        """Features last, float32, no mask: the backend kernels of `kernels.py`."""
+        shape = self.moving_mean.shape
+        gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones(shape)
+        beta = ops.cast(self.beta, "float32") if self.center else ops.zeros(shape)
+        if not train:
+            mean = ops.cast(self.moving_mean, "float32")
+            variance = ops.cast(self.moving_variance, "float32")
+            return kernels.batch_norm_inference(x, mean, variance, gamma, beta, self.epsilon)
+        outputs, mean, variance = kernels.batch_norm_train(x, gamma, beta, self.epsilon)
+        count = ops.cast(M.reduced_count(x, self._reduction_axes), "float32") * ops.ones_like(mean)
+        self._update_statistics(mean, variance, count)
+        return outputs
 
     def _train_ghost(self, x, weights, gamma, beta):
         """Each group of `virtual_batch_size` samples normalized with its own statistics;

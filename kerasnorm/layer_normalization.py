@@ -7,6 +7,7 @@ import math
 import keras
 from keras import constraints, initializers, ops, regularizers
 
+from kerasnorm import kernels
 from kerasnorm import moments as M
 from kerasnorm.batch_normalization import _check_bool, _float_in
 
@@ -125,10 +126,16 @@ class LayerNormalization(keras.layers.Layer):
         ndim = len(inputs.shape)
         dtype = M.statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
-        stats = M.moments(x, self._axes)
-        gamma = self._broadcast(ops.cast(self.gamma, dtype), ndim) if self.scale else None
-        beta = self._broadcast(ops.cast(self.beta, dtype), ndim) if self.center else None
-        outputs = M.normalize(x, stats.mean, stats.variance, gamma, beta, self.epsilon)
+        if kernels.available(x, self._axes, None, False):
+            shape = (x.shape[-1],)
+            gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones(shape)
+            beta = ops.cast(self.beta, dtype) if self.center else ops.zeros(shape)
+            outputs = kernels.layer_norm(x, gamma, beta, self.epsilon)
+        else:
+            stats = M.moments(x, self._axes)
+            gamma = self._broadcast(ops.cast(self.gamma, dtype), ndim) if self.scale else None
+            beta = self._broadcast(ops.cast(self.beta, dtype), ndim) if self.center else None
+            outputs = M.normalize(x, stats.mean, stats.variance, gamma, beta, self.epsilon)
         return ops.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

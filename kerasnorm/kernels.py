@@ -1,0 +1,145 @@
+"""Fast paths for the commonest case: one feature axis, last, no mask, one replica.
+
+The maths is that of `moments.py` (float32 statistics, two passes with correction,
+subtract-the-mean-first normalization); what changes is how many passes over the data the
+backend makes. Tests check every path here against `moments.py` and Keras.
+
+- `closed_form_normalize`: statistics over rows or columns of a 2-D view, with the
+  closed-form backward pass of Ioffe & Szegedy (2015) through `tf.custom_gradient`
+  instead of differentiating each elementwise op. Under XLA the forward is one fused
+  reduction and one elementwise pass, the backward likewise.
+- `batch_norm_train` outside XLA: TensorFlow's fused batch-norm kernel, which reads the
+  input twice forward and twice backward. Its float32 mean accumulates rounding of
+  order 1e-7 times the mean; when the mean is large against the spread (over
+  `_FUSED_MAX_MEAN_TO_STD` standard deviations) that error becomes visible in the output,
+  and the closed form (corrected two-pass) runs instead.
+
+Only the TensorFlow backend has these paths; `available()` tells the layers.
+"""
+
+from __future__ import annotations
+
+import keras
+
+_FUSED_MAX_MEAN_TO_STD = 30.0
+
+
+def available(inputs, feature_axes, weights, synchronized):
+    """True when the fast path applies: TensorFlow, float32/float16 inputs, a single
+    feature axis that is the last one, no mask, no cross-replica reduction."""
+    if keras.backend.backend() != "tensorflow" or weights is not None:
+        return False
+    if tuple(feature_axes) != (len(inputs.shape) - 1,) or inputs.shape[-1] is None:
+        return False
+    if keras.backend.standardize_dtype(inputs.dtype) != "float32":
+        return False
+    if synchronized:
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            return False
+    return True
+
+
+def in_xla():
+    """True while tracing a function that XLA will compile (`jit_compile=True`)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def closed_form_normalize(x2, gamma, beta, epsilon, stat_axis):
+    """Normalizes a 2-D float32 `x2` over `stat_axis` (0: batch norm over rows; 1: layer
+    norm over columns); `gamma` and `beta` have shape `(columns,)`.
+
+    Returns `(y, mean, variance)`, statistics without kept axes. Gradients flow to `x2`,
+    `gamma` and `beta` through the closed form
+    `dx = inv * (g - mean(g) - x_hat * mean(g * x_hat))` with `g = dy * gamma`; the
+    returned statistics carry no gradient (they feed moving averages only).
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def _normalize(x2, gamma, beta):
+        shift = tf.reduce_mean(x2, axis=stat_axis, keepdims=True)
+        deviation = x2 - shift
+        first = tf.reduce_mean(deviation, axis=stat_axis, keepdims=True)
+        second = tf.reduce_mean(tf.square(deviation), axis=stat_axis, keepdims=True)
+        mean = shift + first
+        variance = tf.maximum(second - tf.square(first), 0.0)
+        inv = tf.math.rsqrt(variance + epsilon)
+        x_hat = (x2 - mean) * inv
+        y = x_hat * gamma + beta
+
+        def grad(dy, *_unused_statistics_grads):
+            g = dy * gamma
+            mean_g = tf.reduce_mean(g, axis=stat_axis, keepdims=True)
+            mean_gx = tf.reduce_mean(g * x_hat, axis=stat_axis, keepdims=True)
+            dx = inv * (g - mean_g - x_hat * mean_gx)
+            return dx, tf.reduce_sum(dy * x_hat, axis=0), tf.reduce_sum(dy, axis=0)
+
+        squeeze = lambda t: tf.squeeze(t, axis=stat_axis)  # noqa: E731
+        return (y, squeeze(mean), squeeze(variance)), grad
+
+    return _normalize(x2, gamma, beta)
+
+
+def _fused(x2, gamma, beta, epsilon):
+    import tensorflow as tf
+
+    x4 = tf.reshape(x2, (1, 1, -1, tf.shape(x2)[-1]))
+    y, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
+        x4, gamma, beta, epsilon=epsilon, is_training=True
+    )
+    # The kernel returns the Bessel-corrected variance; the layers want the biased one.
+    n = tf.cast(tf.shape(x2)[0], tf.float32)
+    variance = unbiased * ((n - 1.0) / tf.maximum(n, 1.0))
+    return tf.reshape(y, tf.shape(x2)), tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+def batch_norm_train(x, gamma, beta, epsilon):
+    """Training-mode batch norm of float32 `x` over every axis but the last.
+
+    `gamma`/`beta` are `(C,)` tensors (ones/zeros when the layer has none). Returns
+    `(y, mean, variance)` with `mean`/`variance` of shape `(C,)`, biased.
+    """
+    import tensorflow as tf
+
+    x2 = tf.reshape(x, (-1, x.shape[-1]))
+    if in_xla():
+        y, mean, variance = closed_form_normalize(x2, gamma, beta, epsilon, stat_axis=0)
+    else:
+        y, mean, variance = _fused(x2, gamma, beta, epsilon)
+        # Large mean against the spread: the fused float32 mean is not exact enough.
+        accurate = tf.reduce_all(tf.abs(mean) <= _FUSED_MAX_MEAN_TO_STD * tf.sqrt(variance + epsilon))
+        y, mean, variance = tf.cond(
+            accurate,
+            lambda: (y, mean, variance),
+            lambda: closed_form_normalize(x2, gamma, beta, epsilon, stat_axis=0),
+        )
+    return tf.reshape(y, tf.shape(x)), mean, variance
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """Layer norm of float32 `x` over its last axis with the closed-form backward."""
+    import tensorflow as tf
+
+    x2 = tf.reshape(x, (-1, x.shape[-1]))
+    y, _, _ = closed_form_normalize(x2, gamma, beta, epsilon, stat_axis=1)
+    return tf.reshape(y, tf.shape(x))
+
+
+def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
+    """Inference-mode batch norm of float32 `x` (features last) with given statistics,
+    in one pass outside XLA (the fused kernel); XLA fuses the plain form itself."""
+    import tensorflow as tf
+
+    if in_xla():
+        return (x - mean) * (tf.math.rsqrt(variance + epsilon) * gamma) + beta
+    x4 = tf.reshape(x, (1, 1, -1, x.shape[-1]))
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        x4, gamma, beta, mean=mean, variance=variance, epsilon=epsilon, is_training=False
+    )
+    return tf.reshape(y, tf.shape(x))
