@@ -1,0 +1,204 @@
+"""The study's command line: ``python -m studies {run,list,report,bench}`` (also installed
+as ``kerasnorm-study``).
+
+    python -m studies run --claims C1,C4 --profile quick --jobs 2
+    python -m studies list --profile full
+    python -m studies report
+
+Exit status: 0 on success (runs that failed are recorded results, counted in the output),
+2 for a bad argument or path, with a message naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RESULTS = Path("reports") / "results"
+DEFAULT_REPORT = Path("reports")
+
+
+def _claim_ids(text):
+    from studies import claims
+
+    try:
+        return claims.parse_claims(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _profile(text):
+    from studies import claims
+
+    try:
+        return claims.check_profile(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _executor(text):
+    from studies import sweep
+
+    if text not in sweep.EXECUTORS:
+        raise argparse.ArgumentTypeError(f"unknown executor '{text}'; known: {', '.join(sweep.EXECUTORS)}")
+    return text
+
+
+def _jobs(text):
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be a whole number of at least 1, not '{text}'")
+    return jobs
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,bench}")
+
+    def selection(sub):
+        sub.add_argument("--claims", type=_claim_ids, default="all", help="C1,C4,... or all (default)")
+        sub.add_argument("--profile", type=_profile, default="full", help="smoke | quick | full (default)")
+        sub.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
+
+    run = commands.add_parser("run", help="run the claims' grids; finished runs are skipped")
+    selection(run)
+    run.add_argument("--executor", type=_executor, default="local", help="local (default) | ray")
+    run.add_argument("--jobs", type=_jobs, default=1, help="runs at a time (default 1)")
+    run.add_argument("--retry-errors", action="store_true", help="rerun runs recorded as failed")
+
+    listing = commands.add_parser("list", help="runs planned and done per claim")
+    selection(listing)
+
+    report = commands.add_parser("report", help="write the report from stored results")
+    report.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
+    report.add_argument("--out", type=Path, default=DEFAULT_REPORT, help=f"default {DEFAULT_REPORT}")
+
+    bench = commands.add_parser("bench", help="time the layers (studies.bench)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to studies.bench")
+    return parser
+
+
+def _check_writable(parser, path, what):
+    """Creates folder `path` if needed; exits 2 naming it if it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"cannot create {what} '{path}': {error.strerror or error}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        parser.error(f"cannot write to {what} '{path}'")
+
+
+def _check_readable(parser, path, what, must_exist):
+    if not path.exists():
+        if must_exist:
+            parser.error(f"{what} '{path}' does not exist")
+        return
+    if not path.is_dir():
+        parser.error(f"{what} '{path}' is not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        parser.error(f"cannot read {what} '{path}'")
+
+
+def _optional_module(name, parser):
+    """Module `name` (written by another part of the project), or exit 2 saying it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name:
+            raise
+        print(f"{name} is not available yet in this checkout: nothing to do.", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args, parser):
+    from studies import claims, sweep
+
+    _check_writable(parser, args.results, "results folder")
+    store = sweep.ResultsStore(args.results)
+    planned = claims.plan(args.claims, args.profile)
+    configs = [c for claim_configs in planned.values() for c in claim_configs]
+    start = time.monotonic()
+    try:
+        summary = sweep.run_sweep(
+            configs, store, executor=args.executor, jobs=args.jobs, retry_errors=args.retry_errors
+        )
+    except RuntimeError as error:  # the ray executor without ray
+        parser.error(str(error))
+    if summary.ok or summary.errors:
+        _write_manifest(store, args, summary, time.monotonic() - start)
+    print(
+        f"{summary.planned} runs planned, {summary.skipped} already done, "
+        f"{summary.ok} ran ok, {summary.errors} failed; results in {args.results}"
+    )
+    if summary.errors:
+        print("Failed runs are recorded with their error; rerun them with --retry-errors.")
+    return 0
+
+
+def _write_manifest(store, args, summary, wall_s):
+    """Records how the results were made, by the invocation that ran something (its wall
+    time covers its own runs: ``runs_before`` came from earlier invocations)."""
+    store.write_manifest(
+        {
+            "profile": args.profile,
+            "claims": args.claims,
+            "executor": args.executor,
+            "jobs": args.jobs,
+            "wall_s": wall_s,
+            "runs": summary.planned,
+            "runs_before": summary.skipped,
+            "runs_failed": summary.errors,
+        }
+    )
+
+
+def _list(args, parser):
+    from studies import claims, sweep
+
+    _check_readable(parser, args.results, "results folder", must_exist=False)
+    store = sweep.ResultsStore(args.results)
+    planned = claims.plan(args.claims, args.profile)
+    total_done = total = 0
+    for claim_id, configs in planned.items():
+        statuses = [store.status(c) for c in configs]
+        done = sum(s is not None for s in statuses)
+        failed = statuses.count("error")
+        title = claims.load(claim_id).TITLE
+        print(f"{claim_id}  {done}/{len(configs)} done" + (f" ({failed} failed)" if failed else "") + f"  {title}")
+        total_done, total = total_done + done, total + len(configs)
+    print(f"total: {total_done}/{total} runs done")
+    return 0
+
+
+def _report(args, parser):
+    _check_readable(parser, args.results, "results folder", must_exist=True)
+    _check_writable(parser, args.out, "report folder")
+    report = _optional_module("studies.report", parser)
+    report.write_report(args.results, args.out)
+    return 0
+
+
+def _bench(args, parser):
+    bench = _optional_module("studies.bench", parser)
+    result = bench.main(args.bench_args)
+    return int(result or 0)
+
+
+def main(argv=None) -> int:
+    """Runs the command line on `argv` (default: ``sys.argv[1:]``); returns the exit status
+    (argument errors exit with status 2 through `SystemExit`, as argparse does)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = {"run": _run, "list": _list, "report": _report, "bench": _bench}[args.command]
+    return command(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
