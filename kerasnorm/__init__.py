@@ -12,13 +12,23 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
 from kerasnorm.group_normalization import GroupNormalization  # noqa: E402
 from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
+from kerasnorm.recurrent import (  # noqa: E402
+    BatchNormLSTMCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    MaskedRNN,
+)
 from kerasnorm.rms_normalization import RMSNormalization  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNormLSTMCell",
     "BatchNormalization",
     "GroupNormalization",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
     "LayerNormalization",
+    "MaskedRNN",
     "RMSNormalization",
 ]
