@@ -477,6 +477,11 @@ class BatchNormalization(keras.layers.Layer):
         (shape `(groups,) + variable.shape`), in order, skipping rows where `valid` is
         False; written in closed form so it costs one pass whatever the group count."""
         old = ops.cast(variable, values.dtype)
+        if values.shape[0] == 1:
+            # One update: Keras's expression, guarded.
+            new = ops.where(valid[0], old * momentum + values[0] * (1.0 - momentum), old)
+            variable.assign(ops.cast(new, variable.dtype))
+            return
         a = ops.where(valid, momentum, 1.0)
         b = ops.where(valid, 1.0 - momentum, 0.0)
         values = ops.where(valid, values, 0.0)

@@ -141,6 +141,10 @@ def _bench_section(bench):
     out = ["## Layer benchmarks\n", bench.get("description", ""), ""]
     out.append(f"Machine: {bench.get('machine', 'n/a')}\n")
     out.append(_table(bench.get("table", [])))
+    if bench.get("folding"):
+        out.append("Inference of a linear layer followed by BN, with BN folded into the kernel "
+                   "(`kerasnorm.fold_batch_norm`):\n")
+        out.append(_table(bench["folding"]))
     for fig_id, caption in bench.get("figures", {}).items():
         out.append(f"![{fig_id}](figures/{fig_id}.png)\n\n*{fig_id}.* {caption}\n")
     return "\n".join(out) + "\n"

@@ -1,0 +1,279 @@
+"""`python -m studies bench`: kerasnorm's layers timed beside Keras's built-ins.
+
+For each shape (conv, dense, sequence), layer (BN, LN, GN, RMSNorm), mode (inference
+forward; training forward+backward) and compilation (`tf.function`, and XLA with
+`jit_compile=True`), the Keras layer and the kerasnorm layer run alternately, in one process,
+`--repeats` times; a case's speed is the median of the pairwise time ratios (kerasnorm /
+Keras), which cancels most of the machine's drift. One elementwise pass over the same tensor
+is the floor, and a Conv/Dense + BN block is timed at inference with BN folded into the
+kernel (`kerasnorm.fold_batch_norm`).
+
+Writes `<results>/bench.json`, which `python -m studies report` renders (table and figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+
+#: (batch, ...) shapes of issue 6; `--tiny` swaps in small ones for tests.
+SHAPES = {"conv": (128, 32, 32, 64), "dense": (256, 512), "sequence": (64, 128, 256)}
+TINY_SHAPES = {"conv": (4, 4, 4, 8), "dense": (8, 16), "sequence": (2, 4, 8)}
+LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
+#: Targets of issue 6: kerasnorm / Keras time ratio, at most.
+TARGET_BN_CONV_TRAIN = 0.6
+#: "No slower than the built-in, within noise": a median ratio up to this counts as equal.
+NOISE_RATIO = 1.05
+
+
+def time_alternating(functions, repeats, warmup=2):
+    """Calls each function of the dict `functions` in turn, `repeats` times after `warmup`
+    rounds (the order rotates every round so neither side always runs first); returns
+    {name: [seconds per call]}. Each call must return something whose `.numpy()` forces the
+    computation to finish."""
+    names = list(functions)
+    for _ in range(warmup):
+        for fn in functions.values():
+            _block(fn())
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            _block(functions[name]())
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _block(result):
+    first = result[0] if isinstance(result, (list, tuple)) else result
+    first.numpy()
+
+
+def median_ratio(numerator, denominator):
+    """Median of the pairwise ratios of two equally long lists of times."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def machine():
+    """The machine in words: processor, cores, OS, TensorFlow."""
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, TensorFlow {tf.__version__}"
+
+
+def _layer_pair(name, shape):
+    import keras
+
+    import kerasnorm
+
+    kwargs = {"groups": 8} if name == "GroupNormalization" else {}
+    pair = {"keras": getattr(keras.layers, name)(**kwargs), "kerasnorm": getattr(kerasnorm, name)(**kwargs)}
+    for layer in pair.values():
+        layer.build(shape)
+    return pair
+
+
+def _step(layer, x, train, xla):
+    import tensorflow as tf
+
+    kwargs = {"training": True} if train else {}
+
+    @tf.function(jit_compile=xla)
+    def forward():
+        return layer(x, **kwargs)
+
+    @tf.function(jit_compile=xla)
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x, **kwargs)))
+        return tape.gradient(loss, [x] + layer.trainable_weights)
+
+    return forward_backward if train else forward
+
+
+def _floor(x, xla):
+    import tensorflow as tf
+
+    @tf.function(jit_compile=xla)
+    def elementwise():
+        return x * 1.0001 + 0.5
+
+    return elementwise
+
+
+def bench_layers(shapes, repeats):
+    """Rows: one per (shape, layer, mode, compilation)."""
+    import tensorflow as tf
+
+    rows = []
+    for shape_name, shape in shapes.items():
+        x = tf.random.stateless_normal(shape, seed=(1, 2))
+        for xla in (False, True):
+            floor = time_alternating({"floor": _floor(x, xla)}, repeats)["floor"]
+            for layer_name in LAYERS:
+                for train in (False, True):
+                    pair = _layer_pair(layer_name, shape)
+                    fns = {k: _step(layer, x, train, xla) for k, layer in pair.items()}
+                    times = time_alternating(fns, repeats)
+                    ratio = median_ratio(times["kerasnorm"], times["keras"])
+                    target = (
+                        TARGET_BN_CONV_TRAIN
+                        if (layer_name, shape_name, train) == ("BatchNormalization", "conv", True)
+                        else NOISE_RATIO
+                    )
+                    rows.append(
+                        {
+                            "shape": shape_name,
+                            "layer": layer_name,
+                            "mode": "train fwd+bwd" if train else "inference fwd",
+                            "xla": xla,
+                            "keras_ms": 1e3 * statistics.median(times["keras"]),
+                            "kerasnorm_ms": 1e3 * statistics.median(times["kerasnorm"]),
+                            "floor_ms": 1e3 * statistics.median(floor),
+                            "ratio": ratio,
+                            "target": target,
+                            "met": ratio <= target,
+                        }
+                    )
+                    print(_row_text(rows[-1]), flush=True)
+    return rows
+
+
+def bench_folding(shapes, repeats):
+    """Conv2D/Dense + BN at inference: Keras's BN, kerasnorm's BN, and BN folded away."""
+    import keras
+    import tensorflow as tf
+
+    import kerasnorm
+
+    rows = []
+    blocks = {
+        "conv": (shapes["conv"][:1] + (16, 16, shapes["conv"][-1]), lambda: keras.layers.Conv2D(shapes["conv"][-1], 3, padding="same")),
+        "dense": (shapes["dense"], lambda: keras.layers.Dense(shapes["dense"][-1])),
+    }
+    for block_name, (shape, linear) in blocks.items():
+        x = tf.random.stateless_normal(shape, seed=(3, 4))
+        models = {}
+        for name, norm in (("keras", keras.layers.BatchNormalization), ("kerasnorm", kerasnorm.BatchNormalization)):
+            keras.utils.set_random_seed(0)
+            models[name] = keras.Sequential([keras.Input(shape[1:]), linear(), norm()])
+        models["folded"] = kerasnorm.fold_batch_norm(models["kerasnorm"])
+        for xla in (False, True):
+            fns = {name: tf.function(lambda m=m: m(x, training=False), jit_compile=xla) for name, m in models.items()}
+            times = time_alternating(fns, repeats)
+            rows.append(
+                {
+                    "block": f"{block_name} + BN",
+                    "xla": xla,
+                    "keras_ms": 1e3 * statistics.median(times["keras"]),
+                    "kerasnorm_ms": 1e3 * statistics.median(times["kerasnorm"]),
+                    "folded_ms": 1e3 * statistics.median(times["folded"]),
+                    "folded_vs_keras": median_ratio(times["folded"], times["keras"]),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _row_text(r):
+    return (
+        f"{r['shape']:8s} {r['layer']:19s} {r['mode']:14s} xla={str(r['xla']):5s} keras {r['keras_ms']:8.2f} ms"
+        f"  kerasnorm {r['kerasnorm_ms']:8.2f} ms  ratio {r['ratio']:.2f} (target <= {r['target']})"
+    )
+
+
+DESCRIPTION = (
+    "Median time of one call and the median of pairwise time ratios (kerasnorm / Keras), "
+    "alternating the two in one process; `floor_ms` is one elementwise pass over the same "
+    "tensor. Targets (issue 6): BatchNormalization training on the conv shape at most "
+    f"{TARGET_BN_CONV_TRAIN}x the built-in's time; every other case no slower than the "
+    f"built-in within noise (ratio <= {NOISE_RATIO})."
+)
+
+
+def run(shapes, repeats):
+    """Runs both benchmarks; returns the JSON-ready result."""
+    layer_rows = bench_layers(shapes, repeats)
+    folding_rows = bench_folding(shapes, repeats)
+    return {
+        "description": DESCRIPTION,
+        "machine": machine(),
+        "repeats": repeats,
+        "shapes": {k: list(v) for k, v in shapes.items()},
+        "table": layer_rows,
+        "folding": folding_rows,
+        "figures": {
+            "fig-bench-layers": "Time ratio kerasnorm / Keras per case (median of pairwise "
+            "ratios; below 1 is faster); the dashed line marks parity.",
+        },
+    }
+
+
+def figures(bench, out_dir):
+    """Draws the ratio per case from a stored bench result; returns the written paths."""
+    import pandas
+
+    from studies import plots
+
+    table = pandas.DataFrame(bench["table"])
+    table["case"] = table["shape"] + " " + table["mode"].str.split().str[0]
+    fig, axes = plots.new_axes(width=4.2, height=3.4, ncols=2)
+    for ax, xla in zip(axes, (False, True)):
+        part = table[table["xla"] == xla]
+        cases = sorted(part["case"].unique())
+        for i, layer in enumerate(LAYERS):
+            sub = part[part["layer"] == layer].set_index("case").reindex(cases)
+            ax.scatter(sub["ratio"], range(len(cases)), color=plots.OKABE_ITO[i], label=layer.replace("Normalization", ""), s=18)
+        ax.axvline(1.0, color="#444444", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(cases)))
+        ax.set_yticklabels(cases, fontsize=7)
+        ax.set_xlabel("time ratio kerasnorm / Keras (1 = parity)")
+        ax.set_title("XLA" if xla else "tf.function", fontsize=9)
+    axes[0].legend(fontsize=7, frameon=False)
+    plotted = table[["shape", "layer", "mode", "xla", "ratio"]].sort_values(["xla", "shape", "layer", "mode"])
+    return plots.save_figure(fig, "fig-bench-layers", out_dir, plotted)
+
+
+def write(result, results_dir):
+    """Writes `bench.json` atomically under `results_dir`."""
+    results_dir = pathlib.Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = results_dir / ".bench.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, results_dir / "bench.json")
+    return results_dir / "bench.json"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m studies bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=pathlib.Path, default=pathlib.Path("reports/results"))
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per side (default 15)")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (a functional check, not a benchmark)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    result = run(TINY_SHAPES if args.tiny else SHAPES, args.repeats)
+    path = write(result, args.results)
+    met = sum(r["met"] for r in result["table"])
+    print(f"{met}/{len(result['table'])} cases meet their target; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
