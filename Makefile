@@ -5,6 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install test report quick bench clean
 
@@ -20,11 +21,11 @@ test: install
 	$(PY) -m pytest
 
 report: install
-	$(PY) -m studies run --claims all --profile full
+	$(PY) -m studies run --claims all --profile full --jobs $(JOBS)
 	$(PY) -m studies report
 
 quick: install
-	$(PY) -m studies run --claims all --profile quick --results reports/quick/results
+	$(PY) -m studies run --claims all --profile quick --jobs $(JOBS) --results reports/quick/results
 	$(PY) -m studies report --results reports/quick/results --out reports/quick
 
 bench: install
