@@ -12,6 +12,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
 from kerasnorm.group_normalization import GroupNormalization  # noqa: E402
 from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
+from kerasnorm.population import recalibrate  # noqa: E402
 from kerasnorm.recurrent import (  # noqa: E402
     BatchNormLSTMCell,
     LayerNormGRUCell,
@@ -31,4 +32,5 @@ __all__ = [
     "LayerNormalization",
     "MaskedRNN",
     "RMSNormalization",
+    "recalibrate",
 ]

@@ -51,6 +51,16 @@ def validate_axis_argument(axis, name="axis"):
     return [int(a) for a in axis]
 
 
+def validate_positive_int(value, name, allow_none=False):
+    """Checks an argument that counts something (units, steps, a batch size): a positive
+    int, or None where `allow_none`. Returns it as an int (or None)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"Argument `{name}` must be a positive int. Received: {name}={value!r}")
+    return int(value)
+
+
 def canonicalize_axes(axis, ndim, name="axis"):
     """Returns `axis` (int or sequence) as a sorted tuple of non-negative axes of an
     `ndim`-rank tensor. Raises `ValueError` for an out-of-range or repeated axis."""

@@ -15,7 +15,6 @@ All normalization maths is that of `kerasnorm.moments`.
 from __future__ import annotations
 
 import math
-import numbers
 
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
@@ -30,14 +29,6 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from kerasnorm import moments as M
 from kerasnorm.batch_normalization import _check_bool, _float_in
 from kerasnorm.layer_normalization import LayerNormalization
-
-
-def _positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"Argument `{name}` must be a positive int. Received: {name}={value!r}")
-    return int(value)
 
 
 class _GatedCell(DropoutRNNCell, keras.layers.Layer):
@@ -69,7 +60,7 @@ class _GatedCell(DropoutRNNCell, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _positive_int("units", units)
+        self.units = M.validate_positive_int(units, "units")
         self.activation = activations.get(activation)
         self.recurrent_activation = activations.get(recurrent_activation)
         self.use_bias = _check_bool("use_bias", use_bias)
@@ -394,7 +385,7 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
     ):
         super().__init__(units, **kwargs)
         self.share_statistics = _check_bool("share_statistics", share_statistics)
-        self.max_steps = _positive_int("max_steps", max_steps, allow_none=share_statistics)
+        self.max_steps = M.validate_positive_int(max_steps, "max_steps", allow_none=share_statistics)
         self.momentum = _float_in("momentum", momentum, 0.0, 1.0)
         self.gamma_initializer = initializers.get(
             initializers.Constant(0.1) if gamma_initializer is None else gamma_initializer
