@@ -80,8 +80,9 @@ def _parser():
     report.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
     report.add_argument("--out", type=Path, default=DEFAULT_REPORT, help=f"default {DEFAULT_REPORT}")
 
-    bench = commands.add_parser("bench", help="time the layers (studies.bench)")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to studies.bench")
+    commands.add_parser(
+        "bench", help="time the layers: studies.bench.main(arguments after 'bench')", add_help=False
+    )
     return parser
 
 
@@ -195,7 +196,11 @@ def main(argv=None) -> int:
     """Runs the command line on `argv` (default: ``sys.argv[1:]``); returns the exit status
     (argument errors exit with status 2 through `SystemExit`, as argparse does)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = rest  # studies.bench parses its own arguments
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     command = {"run": _run, "list": _list, "report": _report, "bench": _bench}[args.command]
     return command(args, parser)
 

@@ -1,0 +1,104 @@
+import json
+import sys
+import types
+
+import pytest
+
+from studies import claims
+from studies.__main__ import main
+
+
+def _exit_code(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def test_smoke_profile_end_to_end(tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ["--claims", "C1", "--profile", "smoke", "--results", str(results)]
+    assert main(["run", *argv]) == 0
+    planned = claims.load("C1").grid("smoke")
+    stored = sorted(results.glob("C1/*.json"))
+    assert {p.stem for p in stored} == {c.key() for c in planned}
+    rows = [json.loads(p.read_text()) for p in stored]
+    assert all(r["status"] == "ok" for r in rows)
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert manifest["profile"] == "smoke" and manifest["claims"] == ["C1"] and manifest["runs"] == len(planned)
+    capsys.readouterr()
+
+    assert main(["list", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"total: {len(planned)}/{len(planned)} runs done"
+    assert lines[0].startswith(f"C1  {len(planned)}/{len(planned)} done")
+
+    assert main(["run", *argv]) == 0  # nothing left to do
+    assert f"{len(planned)} already done, 0 ran ok" in capsys.readouterr().out
+
+
+def test_list_counts_every_claims_plan(tmp_path, capsys):
+    assert main(["list", "--profile", "smoke", "--results", str(tmp_path / "none")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total = sum(len(claims.load(c).grid("smoke")) for c in claims.CLAIM_IDS)
+    assert [line.split()[0] for line in lines[:-1]] == list(claims.CLAIM_IDS)
+    assert lines[-1] == f"total: 0/{total} runs done"
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["run", "--claims", "C10"], "unknown claim 'C10'; known: C1..C9"),
+        (["list", "--claims", "C1,X2"], "unknown claim 'X2'"),
+        (["run", "--profile", "huge"], "unknown profile 'huge'"),
+        (["list", "--profile", "huge"], "unknown profile 'huge'"),
+        (["run", "--executor", "slurm"], "unknown executor 'slurm'"),
+        (["run", "--jobs", "0"], "'0'"),
+        (["run", "--jobs", "two"], "'two'"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_value(argv, named, capsys):
+    assert _exit_code(argv) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_unusable_paths_exit_2_naming_them(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert _exit_code(["run", "--claims", "C1", "--profile", "smoke", "--results", str(a_file / "sub")]) == 2
+    assert str(a_file / "sub") in capsys.readouterr().err
+    assert _exit_code(["list", "--results", str(a_file)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert _exit_code(["report", "--results", str(tmp_path / "missing")]) == 2
+    assert "missing' does not exist" in capsys.readouterr().err
+    assert _exit_code(["report", "--results", str(tmp_path), "--out", str(a_file)]) == 2
+    assert str(a_file) in capsys.readouterr().err
+
+
+def test_ray_executor_without_ray_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    argv = ["run", "--claims", "C1", "--profile", "smoke", "--executor", "ray", "--results", str(tmp_path)]
+    assert _exit_code(argv) == 2
+    assert "pip install 'kerasnorm[ray]'" in capsys.readouterr().err
+
+
+def test_report_and_bench_delegate(tmp_path, monkeypatch):
+    calls = []
+    report = types.ModuleType("studies.report")
+    report.write_report = lambda results, out: calls.append(("report", results, out))
+    bench = types.ModuleType("studies.bench")
+    bench.main = lambda args: calls.append(("bench", args))
+    monkeypatch.setitem(sys.modules, "studies.report", report)
+    monkeypatch.setitem(sys.modules, "studies.bench", bench)
+    assert main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert main(["bench", "--quick", "-h"]) == 0
+    assert calls == [("report", tmp_path, tmp_path / "out"), ("bench", ["--quick", "-h"])]
+    assert _exit_code(["list", "--quick"]) == 2
+
+
+def test_missing_report_or_bench_module_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "studies.report", None)
+    monkeypatch.setitem(sys.modules, "studies.bench", None)
+    assert _exit_code(["report", "--results", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "studies.report is not available" in capsys.readouterr().err
+    assert _exit_code(["bench"]) == 2
+    assert "studies.bench is not available" in capsys.readouterr().err
