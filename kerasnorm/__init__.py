@@ -10,6 +10,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
+from kerasnorm.callbacks import BatchStatisticsRecorder  # noqa: E402
 from kerasnorm.group_normalization import GroupNormalization  # noqa: E402
 from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
 from kerasnorm.population import recalibrate  # noqa: E402
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNormLSTMCell",
     "BatchNormalization",
+    "BatchStatisticsRecorder",
     "GroupNormalization",
     "LayerNormGRUCell",
     "LayerNormLSTMCell",
