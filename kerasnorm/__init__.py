@@ -11,6 +11,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
 from kerasnorm.callbacks import BatchStatisticsRecorder  # noqa: E402
+from kerasnorm.folding import fold_batch_norm  # noqa: E402
 from kerasnorm.group_normalization import GroupNormalization  # noqa: E402
 from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
 from kerasnorm.population import recalibrate  # noqa: E402
@@ -34,5 +35,6 @@ __all__ = [
     "LayerNormalization",
     "MaskedRNN",
     "RMSNormalization",
+    "fold_batch_norm",
     "recalibrate",
 ]
