@@ -40,7 +40,7 @@ MOMENTUM = 0.9  # moving-average momentum of BN and of batch renorm's statistics
 PROFILES = {
     "smoke": (("batch", "layer"), (2, 32), (0,), 200, 1),
     "quick": (("batch", "layer"), (2, 32), (0, 1), 1000, 2),
-    "full": (("none", "batch", "layer", "group", "batch_renorm"), (2, 4, 8, 32, 128), tuple(range(5)), 4000, 4),
+    "full": (("none", "batch", "layer", "group", "batch_renorm"), (2, 4, 8, 32, 128), tuple(range(5)), 4000, 3),
 }
 NORM_LABELS = {"none": "none", "batch": "BN", "layer": "LN", "group": "GN", "batch_renorm": "batch renorm"}
 #: The metric columns a run adds to the engine's (test error in two modes).

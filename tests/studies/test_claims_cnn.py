@@ -13,6 +13,7 @@ from studies import __main__ as cli
 from studies import claims, sweep
 from studies.claims import _cnn_common as common
 from studies.claims import c4_batch_size as c4
+from studies.claims import c7_cnn as c7
 
 
 def _figure_files(paths, fig_id):
@@ -145,3 +146,56 @@ def test_c4_smoke_runs_end_to_end(tmp_path):
     assert rows["c4/test_accuracy_batch_stats"].between(0, 1).all()
     analysis = c4.analyze(rows)
     assert analysis["verdict"] in ("supported", "partly supported", "not supported")
+
+
+# -- C7 -------------------------------------------------------------------------------------
+
+
+def _c7_rows(errors, seeds=range(5), spread=0.5):
+    """Synthetic C7 rows: `errors` {(dataset, norm): mean test error in %}."""
+    records = []
+    for ((dataset, norm), error), seed in itertools.product(errors.items(), seeds):
+        e = error + spread * (seed - 2)
+        records.append({
+            "claim": "C7", "status": "ok", "dataset": dataset, "norm": norm, "seed": seed,
+            "final/test/accuracy": 1 - e / 100, "final/train_eval/accuracy": 1 - (e - 3) / 100,
+            "diverged": False, "epochs": 8, "num_samples": 4000 if dataset == "mnist1d" else None,
+        })
+    return pandas.DataFrame(records)
+
+
+def _c7_errors(mnist1d_ln, digits_ln):
+    return {
+        ("mnist1d", "none"): 12.0, ("mnist1d", "batch"): 8.0, ("mnist1d", "layer"): mnist1d_ln,
+        ("mnist1d", "group"): 9.0, ("digits", "none"): 4.0, ("digits", "batch"): 2.0,
+        ("digits", "layer"): digits_ln, ("digits", "group"): 2.5,
+    }
+
+
+@pytest.mark.parametrize(
+    "mnist1d_ln, digits_ln, verdict",
+    [(12.0, 6.0, "supported"), (12.0, 2.2, "partly supported"), (8.3, 1.5, "not supported")],
+)
+def test_c7_verdict_follows_the_rule(mnist1d_ln, digits_ln, verdict):
+    analysis = c7.analyze(_c7_rows(_c7_errors(mnist1d_ln, digits_ln)))
+    assert analysis["verdict"] == verdict
+    assert len(analysis["parts"]) == 2
+    first = analysis["evidence"][0]
+    assert "LN test error minus BN" in first["label"] and first["mean"] == pytest.approx(mnist1d_ln - 8.0)
+
+
+def test_c7_figure_plots_the_table(tmp_path):
+    analysis = c7.analyze(_c7_rows(_c7_errors(12.0, 6.0)))
+    data = _figure_files(c7.figures(analysis, tmp_path), "fig-c7-cnn")
+    assert len(data) == 8
+    by = data.set_index(["dataset", "norm"])
+    assert by.loc[("mnist1d", "layer"), "mean"] == pytest.approx(12.0)
+    assert by.loc[("digits", "batch"), "mean"] == pytest.approx(2.0)
+    assert (by["low"] < by["mean"]).all() and (by["mean"] < by["high"]).all()
+
+
+def test_c7_smoke_runs_end_to_end(tmp_path):
+    rows = _run_smoke("C7", tmp_path)
+    assert set(rows["dataset"]) == {"mnist1d", "digits"}
+    assert rows["final/train_eval/accuracy"].between(0, 1).all()
+    assert c7.analyze(rows)["verdict"] in ("supported", "partly supported", "not supported")
