@@ -147,12 +147,27 @@ def _bn_cell(max_steps=3, **kwargs):
     return cell, rnn
 
 
-def test_batch_norm_cell_training_excludes_padded_samples_per_step():
-    # Right-padded batch, longer than max_steps: the last row takes steps 2, 3 and 4.
+RIGHT_PADDED = [[1] * 5, [1] * 5, [1] * 4 + [0], [1] * 2 + [0] * 3]
+LEFT_PADDED = [[1] * 5, [0, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    "mask,max_steps",
+    [
+        # A row per step: a finished sample's row must not move with the others' steps.
+        (RIGHT_PADDED, 6),
+        # Longer than max_steps: the last row takes steps 2, 3 and 4.
+        (RIGHT_PADDED, 3),
+        # At one iteration the valid samples sit at different steps: their rows move.
+        (LEFT_PADDED, 6),
+    ],
+    ids=["right-padded", "right-padded-beyond-max-steps", "left-padded"],
+)
+def test_batch_norm_cell_training_excludes_padded_samples_per_step(mask, max_steps):
     x = RNG.normal(size=(4, 5, 3)).astype("float32")
-    mask = np.array([[1] * 5, [1] * 5, [1] * 4 + [0], [1] * 2 + [0] * 3], bool)
+    mask = np.array(mask, bool)
     x[~mask] = 50.0
-    cell, rnn = _bn_cell()
+    cell, rnn = _bn_cell(max_steps)
     rnn.build(x.shape)
     _randomize(cell, {"kernel", "recurrent_kernel", "bias"})
     expected, moving = bn_lstm_reference(cell, x, mask, training=True)
@@ -179,6 +194,9 @@ def test_batch_norm_cell_inference_reads_each_samples_own_step_row():
     # The last sample has one valid step: it equals the same input alone, unpadded.
     alone = np.asarray(rnn(x[2:, 4:]))
     np.testing.assert_allclose(out[2, 4], alone[0, 0], rtol=1e-5, atol=1e-6)
+    # Inference needs no step mask: Keras's own RNN gives the same outputs.
+    plain = np.asarray(keras.layers.RNN(cell, return_sequences=True)(x, mask=mask))
+    np.testing.assert_allclose(plain[mask], out[mask], rtol=1e-6, atol=1e-7)
 
 
 def test_shared_statistics_use_one_row_for_every_step():
