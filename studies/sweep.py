@@ -247,10 +247,6 @@ def limit_threads(threads):
         pass
 
 
-def _worker_init(threads):
-    limit_threads(threads)
-
-
 def _threads_per_worker(jobs):
     return max(1, (os.cpu_count() or 1) // jobs)
 
@@ -262,16 +258,19 @@ def _run_local(configs, jobs):
         for config in configs:
             yield training.run(config)
         return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
+    pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=jobs,
-        mp_context=context,
-        initializer=_worker_init,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=limit_threads,
         initargs=(_threads_per_worker(jobs),),
-    ) as pool:
+    )
+    try:
         futures = [pool.submit(training.run, config) for config in configs]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
+    finally:
+        # Interrupted (Ctrl-C, a worker killed): runs not started are dropped, not run.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ray_run(config, threads):

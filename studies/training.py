@@ -88,16 +88,25 @@ class RunConfig:
     options: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        # Canonical types, so that equal configs have equal keys (1 and 1.0, a list and a
+        # tuple, numpy and Python numbers) and every config is hashable.
+        def coerce(name, kind):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, kind(value))
+
         for name in ("dropout", "bn_momentum", "renorm_rmax", "renorm_dmax",
                      "renorm_momentum", "learning_rate", "momentum"):  # fmt: skip
-            set_(name, float(getattr(self, name)))
-        if self.widths is not None:
-            set_("widths", tuple(int(w) for w in self.widths))
+            coerce(name, float)
+        for name in ("num_samples", "virtual_batch_size", "batch_size", "epochs", "steps_per_epoch", "seed"):
+            coerce(name, int)
+        coerce("widths", lambda widths: tuple(int(w) for w in widths))
         options = dict(self.options)
         if len(options) != len(self.options):
             raise ValueError(f"RunConfig options name a key twice. Received: {self.options!r}")
-        set_("options", tuple(sorted((str(k), _frozen_value(v)) for k, v in options.items())))
+        object.__setattr__(
+            self, "options", tuple(sorted((str(k), _frozen_value(v)) for k, v in options.items()))
+        )
         _check_choice("dataset", self.dataset, data.NAMES)
         _check_choice("model", self.model, models.KINDS)
         _check_choice("norm", self.norm, models.NORMS)

@@ -17,6 +17,7 @@ def test_key_is_stable_and_canonical():
     b = RunConfig(claim="C1", learning_rate=1.0, widths=(8, 8), options=(("a", "x"), ("b", (1, 2))))
     assert a == b and hash(a) == hash(b) and a.key() == b.key()
     assert len(a.key()) == 16
+    assert RunConfig(claim="C1", seed=np.int64(2)).key() == RunConfig(claim="C1", seed=2).key()
     assert dataclasses.replace(a, seed=1).key() != a.key()
     assert dataclasses.replace(a, options=(("a", "y"),)).key() != a.key()
     with pytest.raises(dataclasses.FrozenInstanceError):
