@@ -102,7 +102,8 @@ def norm_layer(
     return _kerasnorm("GroupNormalization")(groups=groups, epsilon=epsilon, name=name)
 
 
-def _recurrent_cell(cell, norm, units, max_steps, share_statistics):
+def _recurrent_cell(cell, norm, units, max_steps, share_statistics, momentum=0.99, epsilon=1e-3, **_):
+    """The cell of an rnn; of the norm options only `momentum` and `epsilon` apply."""
     if cell not in CELLS:
         raise ValueError(f"Unknown cell '{cell}'. Known cells: {', '.join(CELLS)}")
     if norm not in RNN_NORMS:
@@ -113,13 +114,13 @@ def _recurrent_cell(cell, norm, units, max_steps, share_statistics):
         return keras.layers.GRUCell(units) if cell == "gru" else keras.layers.LSTMCell(units)
     if norm == "layer":
         name = "LayerNormGRUCell" if cell == "gru" else "LayerNormLSTMCell"
-        return _kerasnorm(name)(units)
+        return _kerasnorm(name)(units, epsilon=epsilon)
     if cell != "lstm":
         raise ValueError("norm='batch' in a recurrent model needs cell='lstm' (BatchNormLSTMCell).")
     if max_steps is None:
         raise ValueError("norm='batch' in a recurrent model needs max_steps (the training length).")
     return _kerasnorm("BatchNormLSTMCell")(
-        units, max_steps=max_steps, share_statistics=share_statistics
+        units, max_steps=max_steps, share_statistics=share_statistics, momentum=momentum, epsilon=epsilon
     )
 
 
@@ -150,7 +151,8 @@ def build_model(
             allowed.
         num_classes: number of logits.
         norm: one of ``NORMS`` (``RNN_NORMS`` for ``rnn``).
-        activation: nonlinearity of the hidden layers (mlp, cnn), a Keras name.
+        activation: nonlinearity of the hidden layers (mlp, cnn; an rnn's cell keeps its
+            own), a Keras name.
         widths: hidden units (mlp), filters per layer (cnn), ``(units,)`` (rnn); None for
             ``DEFAULT_WIDTHS[kind]``.
         dropout: rate of dropout after each hidden activation (and before the classifier).
@@ -181,7 +183,8 @@ def build_model(
         # kerasnorm's MaskedRNN is keras.layers.RNN that also hands each step's mask to a
         # cell that takes one: batch norm must keep padded steps out of its statistics.
         rnn = _kerasnorm("MaskedRNN")(
-            _recurrent_cell(cell, norm, widths[0], max_steps, share_statistics), name="rnn"
+            _recurrent_cell(cell, norm, widths[0], max_steps, share_statistics, **norm_options),
+            name="rnn",
         )
         if masked:
             mask = keras.Input(shape=tuple(input_shape)[:1], dtype="bool", name="mask")

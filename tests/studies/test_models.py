@@ -125,8 +125,9 @@ def test_rnn_ignores_padding_through_the_mask(norm, cell):
 
 @needs_layer("MaskedRNN", "BatchNormLSTMCell")
 def test_rnn_batch_norm_per_step_or_shared():
-    per_step = models.build_model("rnn", (None, 3), 4, "batch", cell="lstm", masked=True, max_steps=7)
+    per_step = models.build_model("rnn", (None, 3), 4, "batch", cell="lstm", masked=True, max_steps=7, momentum=0.9)
     assert per_step.get_layer("rnn").cell.max_steps == 7
+    assert per_step.get_layer("rnn").cell.momentum == 0.9
     shared = models.build_model("rnn", (None, 3), 4, "batch", cell="lstm", max_steps=7, share_statistics=True)
     assert shared.get_layer("rnn").cell.share_statistics
     with pytest.raises(ValueError, match="cell='lstm'"):
