@@ -30,12 +30,20 @@ _FUSED_MIN_ELEMENTS = 2**17
 _FUSED_MIN_ELEMENTS_PER_SAMPLE = 4096
 
 
-def available(inputs, feature_axes, weights, synchronized):
-    """True when the fast path applies: TensorFlow, float32/float16 inputs, a single
-    feature axis that is the last one, no mask, no cross-replica reduction."""
+def available(inputs, feature_axes, weights, synchronized, trailing_block=False):
+    """True when a fast path applies: TensorFlow, float32 inputs, no mask, no
+    cross-replica reduction, and `feature_axes` the last axis (or, with `trailing_block`,
+    any block of trailing axes: layer norm over (positions, channels) flattens them)."""
     if keras.backend.backend() != "tensorflow" or weights is not None:
         return False
-    if tuple(feature_axes) != (len(inputs.shape) - 1,) or inputs.shape[-1] is None:
+    ndim = len(inputs.shape)
+    axes = tuple(feature_axes)
+    if trailing_block:
+        if not axes or axes != tuple(range(ndim - len(axes), ndim)):
+            return False
+    elif axes != (ndim - 1,):
+        return False
+    if any(inputs.shape[a] is None for a in axes):
         return False
     if keras.backend.standardize_dtype(inputs.dtype) != "float32":
         return False
@@ -138,12 +146,18 @@ def _large(x):
     return per_sample * x.shape[0] >= _FUSED_MIN_ELEMENTS
 
 
-def layer_norm(x, gamma, beta, epsilon):
-    """Layer norm of float32 `x` over its last axis with the closed-form backward."""
+def layer_norm(x, gamma, beta, epsilon, num_axes=1):
+    """Layer norm of float32 `x` over its last `num_axes` axes with the closed-form
+    backward; `gamma`/`beta` have the shape of those axes."""
     import tensorflow as tf
 
-    x2 = tf.reshape(x, (-1, x.shape[-1]))
-    y, _, _ = closed_form_normalize(x2, gamma, beta, epsilon, stat_axis=1)
+    columns = 1
+    for d in x.shape[len(x.shape) - num_axes:]:
+        columns *= d
+    x2 = tf.reshape(x, (-1, columns))
+    y, _, _ = closed_form_normalize(
+        x2, tf.reshape(gamma, (columns,)), tf.reshape(beta, (columns,)), epsilon, stat_axis=1
+    )
     return tf.reshape(y, tf.shape(x))
 
 

@@ -126,11 +126,11 @@ class LayerNormalization(keras.layers.Layer):
         ndim = len(inputs.shape)
         dtype = M.statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
-        if kernels.available(x, self._axes, None, False):
-            shape = (x.shape[-1],)
+        if kernels.available(x, self._axes, None, False, trailing_block=True):
+            shape = tuple(x.shape[a] for a in self._axes)
             gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones(shape)
             beta = ops.cast(self.beta, dtype) if self.center else ops.zeros(shape)
-            outputs = kernels.layer_norm(x, gamma, beta, self.epsilon)
+            outputs = kernels.layer_norm(x, gamma, beta, self.epsilon, num_axes=len(self._axes))
         else:
             stats = M.moments(x, self._axes)
             gamma = self._broadcast(ops.cast(self.gamma, dtype), ndim) if self.scale else None

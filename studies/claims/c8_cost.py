@@ -1,10 +1,220 @@
-"""C8 placeholder: a minimal grid until the claim's study is written."""
+"""C8 — LN can be slightly more computationally intensive.
 
-from studies.claims._minimal import placeholder_grid
+Design: the study's own model shapes (MLP and 1-D CNN on MNIST-1D inputs, an LSTM on
+sequences) are built once per norm and timed in one process, alternating the norms call
+by call: training (forward + backward, gradients of every trainable weight) and inference
+(forward; batch norm also folded into the preceding layer's kernel). Each run is one
+independent repetition (its `seed`); within a run a norm's time is the median over calls
+and the LN/BN ratio the median of pairwise ratios. Intervals are over runs.
+
+Rule (fixed before measuring): for each (model, mode) case the LN/BN time ratio is
+"measurably above 1" when its interval lies wholly above 1. Supported if that holds for
+kerasnorm's layers in at least one case *and* for Keras's built-ins in at least one case;
+partly supported if for one of the two only; not supported if in no case.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas
+
+from studies import plots, stats, training
+from studies.bench import median_ratio, time_alternating
+from studies.claims import check_profile
+from studies.sweep import grid as product
+from studies.training import RunConfig
 
 CLAIM_ID = "C8"
 TITLE = "LN can be slightly more computationally intensive"
 
+# -- the grid, as data ------------------------------------------------------------------
+#: model kind -> (dataset it stands for, input shape of one sample, batch size, norms timed)
+CASES = {
+    "mlp": ("mnist1d", (40,), 256, ("none", "batch", "layer", "rms", "keras_batch", "keras_layer")),
+    "cnn1d": ("mnist1d", (40, 1), 256, ("none", "batch", "layer", "rms", "keras_batch", "keras_layer")),
+    "rnn": ("sequences", (32, 8), 64, ("none", "batch", "layer")),  # LSTM cells, 32 steps
+}
+MODES = ("train", "inference")
+#: profile -> (repetitions = runs per case, timed calls per norm within a run)
+PROFILES = {"smoke": (1, 3), "quick": (2, 5), "full": (5, 20)}
+
 
 def grid(profile):
-    return placeholder_grid(CLAIM_ID, profile, norms=("batch", "layer"))
+    runs, calls = PROFILES[check_profile(profile)]
+    configs = []
+    for model, (dataset, _, batch_size, _) in CASES.items():
+        base = RunConfig(claim=CLAIM_ID, task="c8_timing", model=model, dataset=dataset, batch_size=batch_size)
+        configs += product(
+            base,
+            options=[{"c8.calls": calls, "c8.mode": mode} for mode in MODES],
+            seed=list(range(runs)),
+        )
+    return configs
+
+
+# -- the timing task --------------------------------------------------------------------
+
+
+def _models(config):
+    """{arm: model} for the config's model kind; 'batch_folded' at inference."""
+    import kerasnorm
+    from studies import models
+
+    _, input_shape, _, norms = CASES[config.model]
+    built = {}
+    for norm in norms:
+        kwargs = {"cell": "lstm", "max_steps": input_shape[0]} if config.model == "rnn" else {}
+        built[norm] = models.build_model(config.model, input_shape, 10, norm, seed=config.seed, **kwargs)
+    if config.option("c8.mode") == "inference" and config.model != "rnn":
+        built["batch_folded"] = kerasnorm.fold_batch_norm(built["batch"])
+    return built
+
+
+def _callables(config, built):
+    import tensorflow as tf
+
+    _, input_shape, batch_size, _ = CASES[config.model]
+    x = tf.random.stateless_normal((batch_size,) + input_shape, seed=(config.seed, 8))
+    y = tf.zeros((batch_size, 10))
+    train = config.option("c8.mode") == "train"
+    fns = {}
+    for arm, model in built.items():
+        if train:
+
+            @tf.function
+            def step(model=model):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+                return tape.gradient(loss, model.trainable_weights)
+
+        else:
+
+            @tf.function
+            def step(model=model):
+                return model(x, training=False)
+
+        fns[arm] = step
+    return fns
+
+
+@training.register_task("c8_timing")
+def timing(config):
+    """Times every arm of the config's model kind and mode; one row per run."""
+    row = training.base_row(config)
+    training.configure_determinism(config.seed)
+    built = _models(config)
+    times = time_alternating(_callables(config, built), repeats=int(config.option("c8.calls")))
+    for arm, t in times.items():
+        row[f"c8/{arm}/ms"] = 1e3 * statistics.median(t)
+    pairs = {"layer_over_batch": ("layer", "batch"), "keras_layer_over_keras_batch": ("keras_layer", "keras_batch"),
+             "rms_over_layer": ("rms", "layer"), "batch_folded_over_none": ("batch_folded", "none")}
+    for name, (a, b) in pairs.items():
+        if a in times and b in times:
+            row[f"c8/ratio/{name}"] = median_ratio(times[a], times[b])
+    return row
+
+
+# -- analysis ---------------------------------------------------------------------------
+
+RATIOS = {
+    "layer_over_batch": "kerasnorm LN / BN",
+    "keras_layer_over_keras_batch": "Keras LN / BN",
+    "rms_over_layer": "RMSNorm / LN",
+    "batch_folded_over_none": "folded BN / no norm",
+}
+
+
+def analyze(rows):
+    ok = rows[rows["status"] == "ok"]
+    mode = ok["opt/c8.mode"]
+    records = []
+    for (model, m), group in ok.assign(mode=mode).groupby(["model", "mode"], sort=True):
+        for key, label in RATIOS.items():
+            column = f"c8/ratio/{key}"
+            if column in group and group[column].notna().any():
+                e = stats.estimate(group[column])
+                records.append({"model": model, "mode": m, "ratio": label, **e.to_dict()})
+    ratios = pandas.DataFrame(records, columns=["model", "mode", "ratio", "mean", "low", "high", "n"])
+    times = []
+    for (model, m), group in ok.assign(mode=mode).groupby(["model", "mode"], sort=True):
+        for column in sorted(c for c in group.columns if c.startswith("c8/") and c.endswith("/ms")):
+            if group[column].notna().any():
+                times.append({"model": model, "mode": m, "arm": column.split("/")[1], **stats.estimate(group[column]).to_dict()})
+    times = pandas.DataFrame(times, columns=["model", "mode", "arm", "mean", "low", "high", "n"])
+
+    def slower(label):
+        sub = ratios[(ratios["ratio"] == label) & (ratios["n"] >= 2) & (ratios["low"] > 1.0)]
+        return [f"{r.model} {r.mode}" for r in sub.itertuples()]
+
+    ours, theirs = slower("kerasnorm LN / BN"), slower("Keras LN / BN")
+    parts = {
+        f"kerasnorm's LN measurably slower than its BN in some case ({', '.join(ours) or 'none'})": bool(ours),
+        f"Keras's LN measurably slower than its BN in some case ({', '.join(theirs) or 'none'})": bool(theirs),
+    }
+    evidence = []
+    for label in ("kerasnorm LN / BN", "Keras LN / BN"):
+        sub = ratios[ratios["ratio"] == label].sort_values("mean", ascending=False)
+        if len(sub):
+            top = sub.iloc[0]
+            evidence.append((f"largest {label} time ratio ({top['model']}, {top['mode']})",
+                             stats.Estimate(top["mean"], top["low"], top["high"], int(top["n"])), "x"))
+    folded = ratios[ratios["ratio"] == "folded BN / no norm"]
+    for r in folded.itertuples():
+        evidence.append((f"{r.model} inference, BN folded / no norm", stats.Estimate(r.mean, r.low, r.high, int(r.n)), "x"))
+    runs = int(ok["seed"].nunique()) if len(ok) else 0
+    return stats.make_analysis(
+        claim=CLAIM_ID,
+        title=TITLE,
+        verdict=stats.verdict_from(parts),
+        rule=(
+            "For each model and mode, the LN/BN time ratio (median of pairwise ratios within a "
+            "run; interval over runs) is measurably above 1 when its whole interval is above 1. "
+            "Supported if so in at least one case for kerasnorm's layers and in at least one for "
+            "Keras's built-ins; partly supported if for one of the two; not supported if none."
+        ),
+        parts=parts,
+        evidence=evidence,
+        anchor=(
+            "RMSNorm paper (Zhang & Sennrich 2019): RMSNorm cuts 7%-64% of LN's running time; at "
+            "inference BN folds into an affine map (here: into the preceding kernel), LN cannot."
+        ),
+        setup=(
+            f"The study's MLP (3x100) and 1-D CNN (3x32 filters) at batch 256 on MNIST-1D-shaped "
+            f"inputs, and an LSTM (64 units, 32 steps, batch 64) with the norm inside the "
+            f"recurrence; norms none / BN / LN / RMSNorm and Keras's BN and LN; training "
+            f"(forward+backward) and inference; {runs} runs per case, each the median of timed "
+            f"calls alternating the arms in one process. CPU, float32, tf.function (no XLA)."
+        ),
+        caveats=[
+            "Timings on a shared 2-core machine are noisy; ratios within a run cancel most drift, "
+            "and the interval is over independent runs.",
+            "At these sizes per-call overhead is a large part of the time, which dilutes "
+            "differences between norms; the layer benchmarks below time the layers alone on larger tensors.",
+            "Recurrent BN (per-step statistics) and LN cells are kerasnorm's; Keras has no such cells.",
+        ],
+        tables={"time ratios": ratios, "milliseconds per call": times},
+        figures={"fig-c8-cost": "LN/BN time ratio per model and mode, kerasnorm's layers and "
+                 f"Keras's (mean and {stats.INTERVAL}; 1 = same cost)."},
+    )
+
+
+def figures(analysis, out_dir):
+    table = pandas.DataFrame(analysis["tables"]["time ratios"])
+    table = table[table["ratio"].isin(["kerasnorm LN / BN", "Keras LN / BN"])]
+    fig, ax = plots.new_axes(width=5.2, height=3.2)
+    cases = sorted({(r.model, r.mode) for r in table.itertuples()})
+    labels = [f"{m} {mode}" for m, mode in cases]
+    for i, ratio in enumerate(["kerasnorm LN / BN", "Keras LN / BN"]):
+        sub = table[table["ratio"] == ratio].set_index(["model", "mode"]).reindex(cases)
+        offset = (i - 0.5) * 0.25
+        xs = [k + offset for k in range(len(cases))]
+        lo, hi = (sub["mean"] - sub["low"]).fillna(0), (sub["high"] - sub["mean"]).fillna(0)
+        ax.errorbar(xs, sub["mean"], yerr=[lo, hi], fmt="o", capsize=3, color=plots.OKABE_ITO[i], label=ratio)
+    ax.axhline(1.0, color="#444444", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.set_ylabel("time ratio LN / BN")
+    ax.legend(fontsize=7, frameon=False)
+    plotted = table.sort_values(["ratio", "model", "mode"]).reset_index(drop=True)
+    return plots.save_figure(fig, "fig-c8-cost", out_dir, plotted)

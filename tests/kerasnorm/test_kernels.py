@@ -64,10 +64,11 @@ def test_batch_norm_fast_path_matches_reference(shape, training, jit):
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_layer_norm_fast_path_matches_reference(jit):
+@pytest.mark.parametrize("axis", [-1, [1, 2]])
+def test_layer_norm_fast_path_matches_reference(jit, axis):
     shape = (3, 5, 8)
     x = (RNG.normal(size=shape) * 2 + 3).astype("float32")
-    fast, ref = _pair(kerasnorm.LayerNormalization, shape)
+    fast, ref = _pair(kerasnorm.LayerNormalization, shape, axis=axis)
     # float64 inputs take the reference path (moments.py), in float64.
     slow = _grads(ref, tf.constant(x.astype("float64")), None, True, jit)
     for a, b in zip(_grads(fast, tf.constant(x), None, True, jit), slow):

@@ -1,0 +1,100 @@
+"""`python -m studies bench` and claim C8 (the cost of LN against BN)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas
+import pytest
+
+from studies import bench, sweep
+from studies.__main__ import main
+from studies.claims import c8_cost
+
+
+def test_bench_writes_its_table_and_figure(tmp_path):
+    assert main(["bench", "--tiny", "--repeats", "1", "--results", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    cases = {(r["shape"], r["layer"], r["mode"], r["xla"]) for r in result["table"]}
+    assert len(cases) == len(bench.TINY_SHAPES) * len(bench.LAYERS) * 2 * 2
+    assert all(r["kerasnorm_ms"] > 0 and r["keras_ms"] > 0 and r["ratio"] > 0 for r in result["table"])
+    assert {r["block"] for r in result["folding"]} == {"conv + BN", "dense + BN"}
+    paths = bench.figures(result, tmp_path / "figures")
+    assert [p.suffix for p in paths] == [".png", ".svg", ".csv"]
+    plotted = pandas.read_csv(paths[2])
+    assert len(plotted) == len(result["table"])
+
+
+def test_bench_rejects_a_bad_repeat_count(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--repeats", "0"])
+    assert exit_info.value.code == 2
+    assert "--repeats must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_time_alternating_rotates_and_counts():
+    calls = []
+
+    class Done:
+        def numpy(self):
+            return None
+
+    def make(name):
+        return lambda: calls.append(name) or Done()
+
+    times = bench.time_alternating({"a": make("a"), "b": make("b")}, repeats=3, warmup=1)
+    assert [len(t) for t in times.values()] == [3, 3]
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+
+
+def _rows(layer_over_batch, keras_ratio, seeds=5):
+    rng = np.random.default_rng(0)
+    rows = []
+    for model in ("mlp", "cnn1d"):
+        for mode in ("train", "inference"):
+            for seed in range(seeds):
+                rows.append({
+                    "claim": "C8", "status": "ok", "model": model, "seed": seed, "opt/c8.mode": mode,
+                    "c8/ratio/layer_over_batch": layer_over_batch + rng.normal(0, 0.01),
+                    "c8/ratio/keras_layer_over_keras_batch": keras_ratio + rng.normal(0, 0.01),
+                    "c8/batch/ms": 1.0, "c8/layer/ms": layer_over_batch,
+                })
+    return pandas.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,verdict",
+    [(1.3, 1.2, "supported"), (1.3, 0.95, "partly supported"), (0.9, 1.0, "not supported")],
+)
+def test_c8_verdict_follows_the_rule(ours, theirs, verdict):
+    analysis = c8_cost.analyze(_rows(ours, theirs))
+    assert analysis["verdict"] == verdict
+    ratios = pandas.DataFrame(analysis["tables"]["time ratios"])
+    mlp_train = ratios[(ratios["model"] == "mlp") & (ratios["mode"] == "train") & (ratios["ratio"] == "kerasnorm LN / BN")]
+    assert mlp_train["mean"].iloc[0] == pytest.approx(ours, abs=0.02)
+    assert mlp_train["n"].iloc[0] == 5
+
+
+def test_c8_figure_holds_the_plotted_numbers(tmp_path):
+    analysis = c8_cost.analyze(_rows(1.3, 1.2))
+    paths = c8_cost.figures(analysis, tmp_path)
+    assert all(p.exists() for p in paths)
+    plotted = pandas.read_csv(paths[2])
+    assert set(plotted["ratio"]) == {"kerasnorm LN / BN", "Keras LN / BN"}
+    assert len(plotted) == 2 * 2 * 2  # ratios x models x modes
+    again = c8_cost.figures(analysis, tmp_path / "again")
+    for a, b in zip(paths, again):
+        assert a.read_bytes() == b.read_bytes(), f"{a.name} is not byte-stable"
+
+
+def test_c8_smoke_grid_runs(tmp_path):
+    configs = [c for c in c8_cost.grid("smoke") if c.model == "mlp"]
+    store = sweep.ResultsStore(tmp_path)
+    summary = sweep.run_sweep(configs, store)
+    assert summary.ok == len(configs) == 2
+    rows = sweep.load_rows(tmp_path)
+    assert rows["c8/ratio/layer_over_batch"].notna().all()
+    inference = rows[rows["opt/c8.mode"] == "inference"]
+    assert inference["c8/batch_folded/ms"].notna().all()
