@@ -18,7 +18,7 @@ from studies import claims as claims_registry
 from studies import sweep
 from studies.stats import INTERVAL
 
-MANIFEST = "manifest.json"
+MANIFEST = sweep.MANIFEST
 BENCH = "bench.json"
 
 FORMULA_NOTE = (
@@ -69,9 +69,19 @@ def _read_json(path: pathlib.Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def analyze_all(results_dir, figures_dir):
-    """{claim id: analysis or None} for every claim; figures written to `figures_dir`."""
-    rows = sweep.load_rows(results_dir)
+def planned_rows(rows, profile):
+    """The rows of runs that `profile`'s grids plan: a store may also hold runs of grids
+    since changed, or of another profile, which must not enter this report."""
+    if profile is None or not len(rows):
+        return rows
+    keys = {c.key() for configs in claims_registry.plan(claims_registry.CLAIM_IDS, profile).values() for c in configs}
+    return rows[rows["key"].isin(keys)].reset_index(drop=True)
+
+
+def analyze_all(results_dir, figures_dir, profile=None):
+    """{claim id: analysis or None} for every claim, from the rows `profile` plans (all
+    rows when None); figures written to `figures_dir`."""
+    rows = planned_rows(sweep.load_rows(results_dir), profile)
     analyses = {}
     for claim_id in claims_registry.CLAIM_IDS:
         module = claims_registry.load(claim_id)
@@ -198,8 +208,8 @@ def render(rows, analyses, manifest, bench) -> str:
 def write_report(results_dir="reports/results", out_dir="reports") -> pathlib.Path:
     """Writes `<out_dir>/REPORT.md` and `<out_dir>/figures/` from `results_dir`."""
     results_dir, out_dir = pathlib.Path(results_dir), pathlib.Path(out_dir)
-    rows, analyses = analyze_all(results_dir, out_dir / "figures")
     manifest = _read_json(results_dir / MANIFEST)
+    rows, analyses = analyze_all(results_dir, out_dir / "figures", (manifest or {}).get("profile"))
     bench = _read_json(results_dir / BENCH)
     if bench:
         from studies import bench as bench_module
