@@ -144,11 +144,13 @@ def _run(args, parser):
 
 
 def _write_manifest(store, args, summary, wall_s):
-    """Records how the results were made, by the invocation that ran something (its wall
-    time covers its own runs: ``runs_before`` came from earlier invocations)."""
-    store.write_manifest(
+    """Records how the results were made. A study may be run in pieces (claim by claim,
+    or resumed after a crash): each invocation that ran something is appended to
+    ``sweeps``, and the totals cover them all; a different profile starts a new record."""
+    previous = store.read_manifest() or {}
+    sweeps = previous.get("sweeps", []) if previous.get("profile") == args.profile else []
+    sweeps.append(
         {
-            "profile": args.profile,
             "claims": args.claims,
             "executor": args.executor,
             "jobs": args.jobs,
@@ -156,6 +158,16 @@ def _write_manifest(store, args, summary, wall_s):
             "runs": summary.planned,
             "runs_before": summary.skipped,
             "runs_failed": summary.errors,
+        }
+    )
+    store.write_manifest(
+        {
+            "profile": args.profile,
+            "claims": sorted({c for s in sweeps for c in s["claims"]}, key=lambda c: int(c[1:])),
+            "executor": sorted({s["executor"] for s in sweeps}),
+            "jobs": max(s["jobs"] for s in sweeps),
+            "wall_s": sum(s["wall_s"] for s in sweeps),
+            "sweeps": sweeps,
         }
     )
 

@@ -163,10 +163,13 @@ def _bench_section(bench):
 def _provenance(rows, manifest):
     out = ["## Provenance\n"]
     if manifest:
+        executors = manifest.get("executor")
+        executors = ", ".join(executors) if isinstance(executors, list) else executors
         out.append(
-            f"- profile: `{manifest.get('profile')}`; executor: `{manifest.get('executor')}` "
-            f"with {manifest.get('jobs')} job(s); sweep wall time: "
-            f"{_fmt(manifest.get('wall_s', math.nan) / 60, 1)} min"
+            f"- profile: `{manifest.get('profile')}`; executor: {executors} with up to "
+            f"{manifest.get('jobs')} job(s) at a time; sweep wall time: "
+            f"{_fmt(manifest.get('wall_s', math.nan) / 60, 1)} min over "
+            f"{len(manifest.get('sweeps', [None]))} invocation(s)"
         )
     if len(rows):
         for column in ("commit", "machine", "python", "tensorflow", "keras", "numpy", "kerasnorm"):

@@ -24,7 +24,8 @@ def test_smoke_profile_end_to_end(tmp_path, capsys):
     rows = [json.loads(p.read_text()) for p in stored]
     assert all(r["status"] == "ok" for r in rows)
     manifest = json.loads((results / "manifest.json").read_text())
-    assert manifest["profile"] == "smoke" and manifest["claims"] == ["C1"] and manifest["runs"] == len(planned)
+    assert manifest["profile"] == "smoke" and manifest["claims"] == ["C1"]
+    assert manifest["sweeps"][-1]["runs"] == len(planned)
     capsys.readouterr()
 
     assert main(["list", *argv]) == 0
@@ -34,6 +35,27 @@ def test_smoke_profile_end_to_end(tmp_path, capsys):
 
     assert main(["run", *argv]) == 0  # nothing left to do
     assert f"{len(planned)} already done, 0 ran ok" in capsys.readouterr().out
+
+
+def test_manifest_accumulates_a_study_run_in_pieces(tmp_path):
+    import argparse
+
+    from studies import sweep
+    from studies.__main__ import _write_manifest
+
+    store = sweep.ResultsStore(tmp_path)
+    done = sweep.SweepSummary(planned=3, skipped=0, ok=3, errors=0)
+    args = lambda claims, profile="full": argparse.Namespace(  # noqa: E731
+        claims=claims, profile=profile, executor="local", jobs=2
+    )
+    _write_manifest(store, args(["C4"]), done, 60.0)
+    _write_manifest(store, args(["C1", "C2"]), done, 30.0)
+    manifest = store.read_manifest()
+    assert manifest["claims"] == ["C1", "C2", "C4"] and manifest["wall_s"] == 90.0
+    assert len(manifest["sweeps"]) == 2
+    _write_manifest(store, args(["C1"], profile="quick"), done, 5.0)  # another profile: anew
+    manifest = store.read_manifest()
+    assert manifest["profile"] == "quick" and manifest["claims"] == ["C1"] and manifest["wall_s"] == 5.0
 
 
 def test_list_counts_every_claims_plan(tmp_path, capsys):
