@@ -12,6 +12,7 @@ import kerasnorm
 from studies import __main__ as cli
 from studies import claims, sweep
 from studies.claims import _cnn_common as common
+from studies.claims import c2_inference_statistics as c2
 from studies.claims import c4_batch_size as c4
 from studies.claims import c7_cnn as c7
 
@@ -199,3 +200,75 @@ def test_c7_smoke_runs_end_to_end(tmp_path):
     assert set(rows["dataset"]) == {"mnist1d", "digits"}
     assert rows["final/train_eval/accuracy"].between(0, 1).all()
     assert c7.analyze(rows)["verdict"] in ("supported", "partly supported", "not supported")
+
+
+# -- C2 -------------------------------------------------------------------------------------
+
+
+def _c2_rows(ema_gap_099=0.2, single_cnn=11.0, inference_diff=0.0, seeds=range(5)):
+    """Synthetic C2 rows: accuracies in % per source; the EMA trails the population
+    statistics by `ema_gap_099` pp at momentum 0.99 and by 10 pp at 0.999."""
+    records = []
+    for model, momentum, seed in itertools.product(("mlp", "cnn1d"), (0.9, 0.99, 0.999), seeds):
+        population = 80.0 + 0.3 * (seed - 2)
+        gap = {0.9: 0.1, 0.99: ema_gap_099, 0.999: 10.0}[momentum]
+        records.append({
+            "claim": "C2", "status": "ok", "model": model, "bn_momentum": momentum, "seed": seed,
+            "momentum": 0.9, "diverged": False, "steps": 500, "num_samples": 4000, "epochs": 5,
+            "c2/accuracy_ema": (population - gap) / 100,
+            "c2/accuracy_population": population / 100,
+            "c2/accuracy_test_batch": (population - 1) / 100,
+            "c2/accuracy_single": (single_cnn if model == "cnn1d" else 10.0) / 100,
+            "c2/batchmate_max_abs_diff_inference": inference_diff,
+            "c2/batchmate_max_abs_diff_training": 2.0,
+            "c2/ema_mean_shift_in_std": 0.01, "c2/ema_variance_rel_change": 0.02,
+        })
+    return pandas.DataFrame(records)
+
+
+def test_c2_verdict_follows_the_rule():
+    supported = c2.analyze(_c2_rows())
+    assert supported["verdict"] == "supported" and len(supported["parts"]) == 5
+    first = supported["evidence"][0]
+    assert "EMA minus population" in first["label"] and first["mean"] == pytest.approx(-0.2)
+
+    # The EMA lags by 2 pp at the default momentum and a CNN's batch of one keeps 60 %:
+    # only the MLP's collapse and the batch-mate independence hold.
+    partly = c2.analyze(_c2_rows(ema_gap_099=2.0, single_cnn=60.0))
+    assert partly["verdict"] == "partly supported"
+    assert sum(partly["parts"].values()) == 2
+    # Nothing holds.
+    rows = _c2_rows(ema_gap_099=2.0, single_cnn=60.0, inference_diff=0.5)
+    rows.loc[rows["model"] == "mlp", "c2/accuracy_single"] = 0.5
+    assert c2.analyze(rows)["verdict"] == "not supported"
+
+
+def test_c2_figure_plots_the_accuracy_table(tmp_path):
+    analysis = c2.analyze(_c2_rows())
+    data = _figure_files(c2.figures(analysis, tmp_path), "fig-c2-inference-statistics")
+    assert len(data) == 2 * 3 * 4
+    by = data.set_index(["model", "bn_momentum", "statistics"])
+    assert by.loc[("cnn1d", 0.999, "ema"), "mean"] == pytest.approx(70.0)
+    assert by.loc[("mlp", 0.99, "single"), "mean"] == pytest.approx(10.0)
+
+
+def test_c2_batchmate_dependence_sees_batch_statistics_only_in_training_mode():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, kerasnorm.BatchNormalization()(inputs))
+    x = np.random.default_rng(0).normal(size=(150, 3)).astype("float32")
+    x[100:] += 5.0  # other batch-mates, other batch statistics
+    assert c2.batchmate_dependence(model, x, training=False) == 0.0
+    moving = [v.numpy().copy() for v in model.non_trainable_variables]
+    assert c2.batchmate_dependence(model, x, training=True) > 1.0
+    for before, v in zip(moving, model.non_trainable_variables):
+        np.testing.assert_array_equal(before, v.numpy())
+
+
+def test_c2_smoke_runs_end_to_end(tmp_path):
+    rows = _run_smoke("C2", tmp_path)
+    for column in ("c2/accuracy_ema", "c2/accuracy_population", "c2/accuracy_test_batch", "c2/accuracy_single"):
+        assert rows[column].between(0, 1).all()
+    assert (rows["c2/batchmate_max_abs_diff_inference"] <= c2.INDEPENDENCE_TOLERANCE).all()
+    assert (rows["c2/batchmate_max_abs_diff_training"] > 0).all()
+    # (a) is the accuracy Keras reports after training, with the moving averages.
+    assert (rows["c2/accuracy_ema"] == rows["final/test/accuracy"]).all()
