@@ -3,6 +3,7 @@ percentage points, and lookups in summary tables."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -12,6 +13,19 @@ from studies import stats
 
 #: Accuracy of a model that always predicts one class of ten (balanced test sets).
 CHANCE_ACCURACY = 0.1
+
+
+@contextlib.contextmanager
+def state_restored(model):
+    """Within the block the model may be called in training mode; on leaving it, its
+    non-trainable variables (the moving statistics that such calls update) are restored."""
+    variables = list(model.non_trainable_variables)
+    saved = [v.numpy() for v in variables]
+    try:
+        yield model
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
 
 
 def batch_statistics_accuracy(model, x, y, batch_size):
@@ -24,16 +38,13 @@ def batch_statistics_accuracy(model, x, y, batch_size):
     """
     import tensorflow as tf
 
-    variables = list(model.non_trainable_variables)
-    saved = [v.numpy() for v in variables]
     n = len(x) // batch_size * batch_size
     if n == 0:
         raise ValueError(f"No complete batch of {batch_size} in {len(x)} samples.")
     forward = tf.function(lambda batch: model(batch, training=True))
     batches = tf.data.Dataset.from_tensor_slices(np.asarray(x[:n])).batch(batch_size)
-    predicted = np.concatenate([np.argmax(forward(batch).numpy(), axis=-1) for batch in batches])
-    for variable, value in zip(variables, saved):
-        variable.assign(value)
+    with state_restored(model):
+        predicted = np.concatenate([np.argmax(forward(batch).numpy(), axis=-1) for batch in batches])
     return float(np.mean(predicted == np.asarray(y[:n])))
 
 

@@ -85,13 +85,10 @@ def batchmate_dependence(model, x, training, size=100):
     batch-mates ``x[size // 2:size]`` are swapped for ``x[size:size + size // 2]``, with
     the model in `training` mode. The model's non-trainable variables are restored."""
     half = size // 2
-    variables = list(model.non_trainable_variables)
-    saved = [v.numpy() for v in variables]
-    first = model(np.asarray(x[:size]), training=training).numpy()[:half]
     other = np.concatenate([x[:half], x[size:size + half]])
-    second = model(other, training=training).numpy()[:half]
-    for variable, value in zip(variables, saved):
-        variable.assign(value)
+    with common.state_restored(model):
+        first = model(np.asarray(x[:size]), training=training).numpy()[:half]
+        second = model(other, training=training).numpy()[:half]
     return float(np.max(np.abs(first - second)))
 
 
