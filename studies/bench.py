@@ -6,7 +6,8 @@ forward; training forward+backward) and compilation (`tf.function`, and XLA with
 `--repeats` times; a case's speed is the median of the pairwise time ratios (kerasnorm /
 Keras), which cancels most of the machine's drift. One elementwise pass over the same tensor
 is the floor, and a Conv/Dense + BN block is timed at inference with BN folded into the
-kernel (`kerasnorm.fold_batch_norm`).
+kernel (`kerasnorm.fold_batch_norm`). Last, study throughput: the same small sweep run by
+the executor with 1 and with 2 workers (runs per minute, worker start-up included).
 
 Writes `<results>/bench.json`, which `python -m studies report` renders (table and figure).
 """
@@ -19,6 +20,7 @@ import os
 import pathlib
 import platform
 import statistics
+import tempfile
 import time
 
 
@@ -191,6 +193,39 @@ def bench_folding(shapes, repeats):
     return rows
 
 
+#: Target of issue 6: 2 workers give at least this multiple of 1 worker's throughput.
+TARGET_SPEEDUP_2_WORKERS = 1.7
+
+
+def throughput_configs(tiny):
+    """A small sweep of typical study runs (MLP and 1-D CNN on MNIST-1D, BN and LN)."""
+    from studies.sweep import grid
+    from studies.training import RunConfig
+
+    base = RunConfig(claim="bench", num_samples=500 if tiny else 2000, epochs=1 if tiny else 3)
+    return grid(base, model=["mlp", "cnn1d"], norm=["batch", "layer"], seed=[0] if tiny else [0, 1])
+
+
+def bench_throughput(executor, tiny):
+    """Runs per minute of `throughput_configs` with 1 and 2 workers (fresh stores)."""
+    from studies import sweep
+
+    configs = throughput_configs(tiny)
+    rows = []
+    for jobs in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            summary = sweep.run_sweep(configs, sweep.ResultsStore(tmp), executor=executor, jobs=jobs, progress_stream=open(os.devnull, "w"))
+            wall = time.perf_counter() - start
+        rows.append({"executor": executor, "workers": jobs, "runs": summary.ok, "wall_s": wall, "runs_per_min": 60 * summary.ok / wall})
+        print(rows[-1], flush=True)
+    speedup = rows[1]["runs_per_min"] / rows[0]["runs_per_min"]
+    for r in rows:
+        r["speedup_vs_1"] = r["runs_per_min"] / rows[0]["runs_per_min"]
+    rows[1]["target"], rows[1]["met"] = TARGET_SPEEDUP_2_WORKERS, speedup >= TARGET_SPEEDUP_2_WORKERS
+    return rows
+
+
 def _row_text(r):
     return (
         f"{r['shape']:8s} {r['layer']:19s} {r['mode']:14s} xla={str(r['xla']):5s} keras {r['keras_ms']:8.2f} ms"
@@ -207,10 +242,11 @@ DESCRIPTION = (
 )
 
 
-def run(shapes, repeats):
-    """Runs both benchmarks; returns the JSON-ready result."""
+def run(shapes, repeats, executor="ray", tiny=False):
+    """Runs the three benchmarks; returns the JSON-ready result."""
     layer_rows = bench_layers(shapes, repeats)
     folding_rows = bench_folding(shapes, repeats)
+    throughput_rows = bench_throughput(executor, tiny)
     return {
         "description": DESCRIPTION,
         "machine": machine(),
@@ -218,6 +254,7 @@ def run(shapes, repeats):
         "shapes": {k: list(v) for k, v in shapes.items()},
         "table": layer_rows,
         "folding": folding_rows,
+        "throughput": throughput_rows,
         "figures": {
             "fig-bench-layers": "Time ratio kerasnorm / Keras per case (median of pairwise "
             "ratios; below 1 is faster); the dashed line marks parity.",
@@ -265,10 +302,12 @@ def main(argv=None):
     parser.add_argument("--results", type=pathlib.Path, default=pathlib.Path("reports/results"))
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per side (default 15)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (a functional check, not a benchmark)")
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray",
+                        help="executor whose 1- and 2-worker throughput is measured (default ray)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, not {args.repeats}")
-    result = run(TINY_SHAPES if args.tiny else SHAPES, args.repeats)
+    result = run(TINY_SHAPES if args.tiny else SHAPES, args.repeats, args.executor, args.tiny)
     path = write(result, args.results)
     met = sum(r["met"] for r in result["table"])
     print(f"{met}/{len(result['table'])} cases meet their target; wrote {path}")

@@ -155,6 +155,10 @@ def _bench_section(bench):
         out.append("Inference of a linear layer followed by BN, with BN folded into the kernel "
                    "(`kerasnorm.fold_batch_norm`):\n")
         out.append(_table(bench["folding"]))
+    if bench.get("throughput"):
+        out.append("Study throughput: the same small sweep with 1 and 2 workers (runs per minute, "
+                   "worker start-up included):\n")
+        out.append(_table(bench["throughput"]))
     for fig_id, caption in bench.get("figures", {}).items():
         out.append(f"![{fig_id}](figures/{fig_id}.png)\n\n*{fig_id}.* {caption}\n")
     return "\n".join(out) + "\n"

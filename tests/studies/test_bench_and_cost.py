@@ -14,12 +14,13 @@ from studies.claims import c8_cost
 
 
 def test_bench_writes_its_table_and_figure(tmp_path):
-    assert main(["bench", "--tiny", "--repeats", "1", "--results", str(tmp_path)]) == 0
+    assert main(["bench", "--tiny", "--repeats", "1", "--executor", "local", "--results", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     cases = {(r["shape"], r["layer"], r["mode"], r["xla"]) for r in result["table"]}
     assert len(cases) == len(bench.TINY_SHAPES) * len(bench.LAYERS) * 2 * 2
     assert all(r["kerasnorm_ms"] > 0 and r["keras_ms"] > 0 and r["ratio"] > 0 for r in result["table"])
     assert {r["block"] for r in result["folding"]} == {"conv + BN", "dense + BN"}
+    assert [(r["workers"], r["runs"]) for r in result["throughput"]] == [(1, 4), (2, 4)]
     paths = bench.figures(result, tmp_path / "figures")
     assert [p.suffix for p in paths] == [".png", ".svg", ".csv"]
     plotted = pandas.read_csv(paths[2])
