@@ -75,3 +75,10 @@ def summary_lookup(table: pandas.DataFrame, by: list[str]):
         return stats.Estimate(r["mean"], r["low"], r["high"], int(r["n"]))
 
     return lookup
+
+
+def ordered(table: pandas.DataFrame, order: dict, by: list[str]) -> pandas.DataFrame:
+    """`table` sorted by the columns `by`, each in the order listed in ``order[column]``
+    (arms in the study's order rather than the alphabet's) or by value if not listed."""
+    keys = pandas.DataFrame({c: table[c].map(order[c].index) if c in order else table[c] for c in by})
+    return table.loc[keys.sort_values(by).index].reset_index(drop=True)

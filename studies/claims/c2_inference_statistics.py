@@ -148,17 +148,24 @@ def analyze(rows: pandas.DataFrame) -> dict:
     by = ["model", "bn_momentum", "statistics"]
     accuracy = stats.summarize(long, by, "accuracy")
     order = {"model": list(MODEL_LABELS), "statistics": list(SOURCES)}
-    accuracy = _ordered(accuracy, order, by)
+    accuracy = common.ordered(accuracy, order, by)
     lookup = common.summary_lookup(accuracy, by)
 
+    # (a) - (b) of the same trained weights, with how far the EMA sat from the population.
+    arm = ["model", "bn_momentum"]
     ok = ok.assign(gap=_accuracy_pct(ok, "c2/accuracy_ema") - _accuracy_pct(ok, "c2/accuracy_population"))
-    gap = stats.summarize(ok, ["model", "bn_momentum"], "gap").rename(columns={"mean": "ema_minus_population_pp"})
-    shift = ok.groupby(["model", "bn_momentum"], as_index=False)[
-        ["c2/ema_mean_shift_in_std", "c2/ema_variance_rel_change"]].mean()
-    gap = _ordered(gap.merge(shift, on=["model", "bn_momentum"]).rename(columns={
-        "c2/ema_mean_shift_in_std": "mean_shift_in_std", "c2/ema_variance_rel_change": "variance_rel_change"}),
-        order, ["model", "bn_momentum"])
-    gap_of = common.summary_lookup(gap.rename(columns={"ema_minus_population_pp": "mean"}), ["model", "bn_momentum"])
+    gap_summary = stats.summarize(ok, arm, "gap")
+    gap_of = common.summary_lookup(gap_summary, arm)
+    distance = ok.groupby(arm, as_index=False)[["c2/ema_mean_shift_in_std", "c2/ema_variance_rel_change"]].mean()
+    gap = common.ordered(
+        gap_summary.merge(distance, on=arm).rename(columns={
+            "mean": "ema_minus_population_pp",
+            "c2/ema_mean_shift_in_std": "mean_shift_in_std",
+            "c2/ema_variance_rel_change": "variance_rel_change",
+        }),
+        order,
+        arm,
+    )
 
     models = [m for m in MODEL_LABELS if m in set(ok["model"])]
     chance = 100.0 * common.CHANCE_ACCURACY
@@ -252,12 +259,6 @@ def analyze(rows: pandas.DataFrame) -> dict:
             )
         },
     )
-
-
-def _ordered(table, order, by):
-    keys = [table[c].map(order[c].index) if c in order else table[c] for c in by]
-    index = pandas.DataFrame(dict(zip(by, keys))).sort_values(by).index
-    return table.loc[index].reset_index(drop=True)
 
 
 # -- the figure -------------------------------------------------------------------------

@@ -119,8 +119,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
     table = table.drop(columns="n_batch_stats").rename(
         columns={"mean": "error_pp", "mean_batch_stats": "batch_stats_error_pp"}
     )
-    table["order"] = table["norm"].map(list(NORM_LABELS).index)
-    table = table.sort_values(["order", "batch_size"]).drop(columns="order").reset_index(drop=True)
+    table = common.ordered(table, {"norm": list(NORM_LABELS)}, by)
     error = common.summary_lookup(eval_table, by)
 
     sizes = sorted(int(b) for b in ok["batch_size"].unique()) if len(ok) else [REFERENCE_BATCH]

@@ -87,10 +87,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
     train = stats.summarize(ok, by, "train_error")
     table = test.merge(train[by + ["mean"]].rename(columns={"mean": "train_error_pp"}), on=by)
     table = table.rename(columns={"mean": "test_error_pp"})
-    table["dataset_order"] = table["dataset"].map(list(DATASET_LABELS).index)
-    table["norm_order"] = table["norm"].map(list(NORM_LABELS).index)
-    table = table.sort_values(["dataset_order", "norm_order"]).drop(
-        columns=["dataset_order", "norm_order"]).reset_index(drop=True)
+    table = common.ordered(table, {"dataset": list(DATASET_LABELS), "norm": list(NORM_LABELS)}, by)
     error = common.summary_lookup(test, by)
 
     datasets = [d for d in DATASET_LABELS if d in set(ok["dataset"])]

@@ -189,6 +189,9 @@ def test_c7_figure_plots_the_table(tmp_path):
     analysis = c7.analyze(_c7_rows(_c7_errors(12.0, 6.0)))
     data = _figure_files(c7.figures(analysis, tmp_path), "fig-c7-cnn")
     assert len(data) == 8
+    # Datasets and arms in the study's order, not the alphabet's.
+    assert list(data["dataset"]) == ["mnist1d"] * 4 + ["digits"] * 4
+    assert list(data["norm"][:4]) == ["none", "batch", "layer", "group"]
     by = data.set_index(["dataset", "norm"])
     assert by.loc[("mnist1d", "layer"), "mean"] == pytest.approx(12.0)
     assert by.loc[("digits", "batch"), "mean"] == pytest.approx(2.0)
