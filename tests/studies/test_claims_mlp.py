@@ -1,4 +1,4 @@
-"""The MLP claims C1 and C3: their analyses on synthetic result tables (the verdict
+"""The MLP claims C1, C3 and C9: their analyses on synthetic result tables (the verdict
 follows the stated rule, and flips when the evidence does), their figures, the
 measurements their tasks make, and their smoke grids end to end."""
 
@@ -9,10 +9,11 @@ import numpy as np
 import pandas
 import pytest
 
-from studies import stats, sweep
+from studies import stats, sweep, training
 from studies.__main__ import main
 from studies.claims import c1_speed as c1
 from studies.claims import c3_regularization as c3
+from studies.claims import c9_covariate_shift as c9
 
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -182,14 +183,108 @@ def test_c3_population_batch_norm_uses_exact_training_set_statistics():
     np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
 
 
+# --- C9 ---------------------------------------------------------------------------------
+
+
+def _c9_rows(bn_shift, noisy_accuracy, logs=4):
+    arms = {"none": (0.05, 0.45), "batch": (bn_shift, 0.65), "noisy batch": (0.08, noisy_accuracy)}
+    rows = []
+    for arm, (shift, accuracy) in arms.items():
+        for seed in SEEDS:
+            j = _jitter(seed)
+            curve = tuple(np.linspace(0.1, accuracy + j, logs + 1))
+            rows.append({
+                "claim": "C9", "status": "ok", "opt/c9/arm": arm, "seed": seed, "diverged": False,
+                "num_samples": None, "epochs": logs, "epoch_steps": 100,
+                "final/test/accuracy": curve[-1], "test/accuracy": curve,
+                "c9/steps": tuple(range(0, 100 * logs + 1, 100)),
+                "c9/ics_steps": tuple(range(0, 100 * logs, 100)),
+                "c9/drift": (0.5,) * logs,
+                "c9/p15": (-1.0,) * (logs + 1), "c9/p50": (0.0,) * (logs + 1), "c9/p85": (1.0,) * (logs + 1),
+                **{f"c9/{m}/{layer}": (shift * (1 + j),) * logs
+                   for m in ("ics_l2", "ics_rel", "ics_cos") for layer in c9.MEASURED},
+            })  # fmt: skip
+    return pandas.DataFrame(rows)
+
+
+def test_c9_replicating_santurkar_is_not_supported():
+    analysis = c9.analyze(_c9_rows(bn_shift=0.10, noisy_accuracy=0.65))
+    assert analysis["verdict"] == "not supported"
+
+
+def test_c9_supported_when_batch_norm_lowers_the_shift_and_noise_removes_the_benefit():
+    analysis = c9.analyze(_c9_rows(bn_shift=0.01, noisy_accuracy=0.45))
+    assert analysis["verdict"] == "supported"
+
+
+def test_c9_figures_write_the_plotted_numbers(tmp_path):
+    analysis = c9.analyze(_c9_rows(bn_shift=0.10, noisy_accuracy=0.65))
+    paths = c9.figures(analysis, tmp_path)
+    shift = _read_csv_and_check_files([p for p in paths if p.stem == "fig-c9-shift"], "fig-c9-shift")
+    drift, gradient = c9.MEASURES["drift"], c9.MEASURES[f"ics_l2/{c9.MEASURED[-1]}"]
+    assert set(shift["measure"]) == {"test accuracy", drift, gradient}
+    assert len(shift) == len(analysis["tables"][c9.CURVES]) + 2 * len(c9.ARMS)
+    bn_shift = shift[(shift["measure"] == gradient) & (shift["arm"] == "batch")]["mean"]
+    assert bn_shift.iloc[0] == pytest.approx(0.10)
+    unit = _read_csv_and_check_files([p for p in paths if p.stem == "fig-c9-unit"], "fig-c9-unit")
+    assert set(unit["arm"]) == set(c9.ARMS)
+
+
+def test_c9_noisy_batch_norm_redraws_its_noise_in_training_only():
+    layer = c9.NoisyBatchNormalization(noise_shift=1.0, noise_scale=2.0, noise_seed=0)
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
+    first, second = np.asarray(layer(x, training=True)), np.asarray(layer(x, training=True))
+    assert not np.allclose(first, second)
+    # Per unit, the batch's output is the normalized input under an affine map with
+    # scale in [1, 2] and shift in [-1, 1] (gamma = 1, beta = 0 at the start).
+    scale = first.std(0) / np.sqrt(x.var(0) / (x.var(0) + layer.epsilon))
+    assert np.all((scale > 1 - 1e-3) & (scale < 2 + 1e-3))
+    assert np.all(np.abs(first.mean(0)) <= 1 + 1e-4)
+    # Inference: batch norm with the moving statistics, times the expected scale 1.5.
+    mean, variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    expected = 1.5 * (x - mean) / np.sqrt(variance + layer.epsilon)
+    np.testing.assert_allclose(layer(x, training=False), expected, rtol=1e-5, atol=1e-6)
+
+
+def _tiny_run(learning_rate):
+    config = training.RunConfig(
+        claim="C9", task=c9.TASK, num_samples=200, widths=(8, 8, 8), activation="sigmoid",
+        norm="batch", batch_size=16, learning_rate=learning_rate, steps_per_epoch=2, epochs=1,
+    )  # fmt: skip
+    dataset, model = training.prepare(config)
+    return c9._Run(config, dataset, model), dataset
+
+
+def test_c9_measuring_the_gradient_shift_does_not_change_the_step():
+    run, dataset = _tiny_run(0.5)
+    x, y = dataset.x_train[:16], dataset.y_train[:16]
+    variables = run.trainable + run.state + list(run.model.optimizer.variables)
+    start = [v.numpy() for v in variables]
+    _, shifts = run.step_with_shift(x, y)
+    measured = [v.numpy() for v in variables]
+    for variable, value in zip(variables, start):
+        variable.assign(value)
+    run.train_step(x, y)
+    for variable, value in zip(variables, measured):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-6, atol=1e-7)
+    assert all(l2 > 0 for l2, _, _ in shifts)  # the earlier layers moved, so G changed
+
+
+def test_c9_gradient_shift_is_zero_when_earlier_layers_do_not_move():
+    run, dataset = _tiny_run(0.0)
+    _, shifts = run.step_with_shift(dataset.x_train[:16], dataset.y_train[:16])
+    for l2, relative, cosine in shifts:
+        assert l2 == pytest.approx(0.0, abs=1e-7) and cosine == pytest.approx(1.0)
+
+
 # --- End to end -------------------------------------------------------------------------
 
 
 def test_smoke_grids_run_end_to_end_and_analyze(tmp_path):
-    assert main(["run", "--claims", "C1,C3", "--profile", "smoke", "--results", str(tmp_path)]) == 0
+    assert main(["run", "--claims", "C1,C3,C9", "--profile", "smoke", "--results", str(tmp_path)]) == 0
     rows = sweep.load_rows(tmp_path)
     assert (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
-    for module in (c1, c3):
+    for module in (c1, c3, c9):
         claim_rows = rows[rows["claim"] == module.CLAIM_ID].reset_index(drop=True)
         assert len(claim_rows) == len(module.grid("smoke"))
         analysis = module.analyze(claim_rows)
