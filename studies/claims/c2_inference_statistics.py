@@ -124,6 +124,7 @@ def inference_statistics(config: RunConfig) -> dict:
 # -- the analysis -----------------------------------------------------------------------
 
 ANCHOR = (
+    "BN paper, Algorithm 2: population statistics at inference; the EMA is a stand-in.\n"
     "Ioffe & Szegedy 2015, §3.1 and Algorithm 2: at inference BN uses the population "
     "statistics E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[sigma_B^2] over training "
     "mini-batches, so the output depends on the input alone; moving averages are the common "
@@ -205,12 +206,14 @@ def analyze(rows: pandas.DataFrame) -> dict:
     steps = int(ok["steps"].max()) if len(ok) else 0
     diverged = int(ok["diverged"].astype(bool).sum()) if len(ok) else 0
     setup = (
-        f"MNIST-1D ({'?' if first is None else first['num_samples']} samples, 80% train); "
+        f"MNIST-1D ({'?' if first is None else int(first['num_samples'])} samples, 80% train); "
         f"{' and '.join(MODEL_LABELS[m] for m in models)} with BN (dense/conv -> BN -> ReLU); "
         f"batch 32, SGD with momentum 0.9 at learning rate 0.05, "
-        f"{'?' if first is None else first['epochs']} epochs ({steps} steps); BN moving-average "
+        f"{'?' if first is None else int(first['epochs'])} epochs ({steps} steps); BN moving-average "
         f"momentum {', '.join(f'{m:g}' for m in momenta)}; {ok['seed'].nunique() if len(ok) else 0} "
-        f"seeds per arm. After training the test set is evaluated with (a) the moving averages, "
+        f"seeds per arm. Training normalizes with batch statistics, so the momentum does not "
+        f"change the trained weights: (b), (c) and (d) are the same networks at every momentum "
+        f"and only (a) moves. After training the test set is evaluated with (a) the moving averages, "
         f"(b) population statistics from `kerasnorm.recalibrate` over the whole training set, "
         f"computed layer by layer through the inference network (biased variance; over "
         f"{'?' if first is None else int(first['num_samples'] * 0.8)} samples the m/(m-1) "
@@ -228,6 +231,9 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "of one is not degenerate there as it is in the MLP, where every feature of a single "
         "sample normalizes to zero and the output is constant; the CNN's (d) measures what "
         "per-sample statistics over positions alone give.",
+        "The learning rate is constant (no decay at the end), so the weights still move at "
+        "every step when training stops and the moving averages trail them; a schedule that "
+        "anneals the rate would shrink the gap between (a) and (b).",
         "The population statistics use the biased variance (Keras's convention for the "
         "moving variance) rather than Algorithm 2's m/(m-1) average of mini-batch variances.",
     ]

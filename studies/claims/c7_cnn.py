@@ -40,7 +40,7 @@ DATASETS = {
 ARMS = {
     "smoke": (("batch", "layer"), (0,)),
     "quick": (("batch", "layer"), (0, 1)),
-    "full": (("none", "batch", "layer", "group"), tuple(range(8))),
+    "full": (("none", "batch", "layer", "group"), tuple(range(7))),
 }
 NORM_LABELS = {"none": "none", "batch": "BN", "layer": "LN", "group": "GN"}
 DATASET_LABELS = {"mnist1d": "MNIST-1D, 1-D CNN", "digits": "digits 8x8, 2-D CNN"}
@@ -73,6 +73,7 @@ def grid(profile):
 # -- the analysis -----------------------------------------------------------------------
 
 ANCHOR = (
+    "Wu & He 2018, Table 1, batch 32: top-1 error BN 23.6 %, LN 25.3 %.\n"
     "Ba et al. 2016, §6.7: BN outperforms LN on convolutional networks (no numbers given). "
     "Wu & He 2018, Table 1 (ResNet-50, ImageNet, batch 32, top-1 error): BN 23.6 %, LN 25.3 %, "
     "IN 28.4 %, GN 24.1 %: LN is 1.7 pp worse than BN."
