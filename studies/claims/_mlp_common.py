@@ -45,6 +45,22 @@ def usable_rows(rows: pandas.DataFrame):
     )
 
 
+def no_runs(claim, title, rule, anchor, note) -> dict:
+    """The analysis of a claim none of whose runs finished: nothing is measured, so
+    nothing is supported; `note` says what happened."""
+    return stats.make_analysis(
+        claim=claim,
+        title=title,
+        verdict="not supported",
+        rule=rule,
+        parts={"at least one run finished": False},
+        evidence=[],
+        anchor=anchor,
+        setup="No run of this claim finished; see the caveats.",
+        caveats=[note or "No runs."],
+    )
+
+
 def swap_batch_norms(model: keras.Model, make_layer) -> keras.Model:
     """A copy of functional `model` whose `kerasnorm.BatchNormalization` layers are
     replaced by ``make_layer(config, index)`` (`config` the layer's config, `index` its

@@ -65,7 +65,7 @@ PROFILES = {
                   arms=("none", "ghost 4", NOISE_FREE)),
     "quick": dict(seeds=(0, 1), evaluations=6, eval_every=EVAL_EVERY, train_size=TRAIN_SIZE,
                   num_samples=None, arms=("none", "batch 64", "ghost 4", NOISE_FREE)),
-    "full": dict(seeds=tuple(range(6)), evaluations=20, eval_every=EVAL_EVERY,
+    "full": dict(seeds=tuple(range(8)), evaluations=20, eval_every=EVAL_EVERY,
                  train_size=TRAIN_SIZE, num_samples=None, arms=tuple(ARMS)),
 }  # fmt: skip
 
@@ -189,9 +189,28 @@ def _overlaps(a: stats.Estimate, low, high):
     return a.n >= 2 and a.low <= high and a.high >= low
 
 
+RULE = (
+    "Four conditions, each on the final train-test accuracy gap with 95% intervals "
+    "over seeds (\"clearly\": intervals separated): batch norm shrinks the gap "
+    "against no norm; smaller ghost batches shrink it further; the noise-free arm "
+    "loses most of the effect; the effect is comparable to dropout's. Supported if "
+    "all hold, partly supported if some, not supported if none."
+)
+
+ANCHOR = (
+    "BN paper §3.4 and §4.2.1: with BN, dropout can be reduced or removed. Wu & He "
+    "2018: at batch 32, group norm has lower training error but higher validation "
+    "error than BN (BN's batch noise regularizes). Hoffer et al. 2017: ghost batches "
+    "improve generalization of large-batch training. Luo et al. 2019: BN's "
+    "regularization strength grows roughly as 1/batch size."
+)
+
+
 def analyze(rows: pandas.DataFrame) -> dict:
     """The gap per arm and the four conditions of the rule."""
     ok, note = common.usable_rows(rows)
+    if not len(ok):
+        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, note)
     runs = per_run(ok)
     gap = {arm: stats.estimate(runs.loc[runs["arm"] == arm, "gap"]) for arm in ARMS}
     empty = stats.Estimate(float("nan"), float("nan"), float("nan"), 0)
@@ -259,22 +278,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         claim=CLAIM_ID,
         title=TITLE,
         verdict=stats.verdict_from(parts),
-        rule=(
-            "Four conditions, each on the final train-test accuracy gap with 95% intervals "
-            "over seeds (\"clearly\": intervals separated): batch norm shrinks the gap "
-            "against no norm; smaller ghost batches shrink it further; the noise-free arm "
-            "loses most of the effect; the effect is comparable to dropout's. Supported if "
-            "all hold, partly supported if some, not supported if none."
-        ),
+        rule=RULE,
         parts=parts,
         evidence=evidence,
-        anchor=(
-            "BN paper §3.4 and §4.2.1: with BN, dropout can be reduced or removed. Wu & He "
-            "2018: at batch 32, group norm has lower training error but higher validation "
-            "error than BN (BN's batch noise regularizes). Hoffer et al. 2017: ghost batches "
-            "improve generalization of large-batch training. Luo et al. 2019: BN's "
-            "regularization strength grows roughly as 1/batch size."
-        ),
+        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={BY_ARM: table},
@@ -289,6 +296,8 @@ def analyze(rows: pandas.DataFrame) -> dict:
 
 def figures(analysis, out_dir):
     """fig-c3-gap, from the analysis' table."""
+    if not analysis["tables"]:  # no run finished: nothing to draw
+        return []
     table = pandas.DataFrame.from_records(analysis["tables"][BY_ARM])
     fig, (left, right) = plots.new_axes(ncols=2)
     colors = [COLORS[arm] for arm in table["arm"]]

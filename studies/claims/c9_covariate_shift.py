@@ -62,7 +62,7 @@ MEASURED = ("dense_1", "dense_2")
 PROFILES = {
     "smoke": dict(seeds=(0,), logs=2, log_every=3, num_samples=500, arms=("none", NOISY)),
     "quick": dict(seeds=(0, 1), logs=8, log_every=LOG_EVERY, num_samples=None, arms=tuple(ARMS)),
-    "full": dict(seeds=tuple(range(6)), logs=30, log_every=LOG_EVERY, num_samples=None, arms=tuple(ARMS)),
+    "full": dict(seeds=tuple(range(8)), logs=30, log_every=LOG_EVERY, num_samples=None, arms=tuple(ARMS)),
 }
 PERCENTILES = (15, 50, 85)
 #: Per-run column -> its name in the summary table (and the figure's panels).
@@ -326,9 +326,30 @@ def _unit_table(rows):
     return pandas.DataFrame.from_records(records, columns=["arm", "seed", "step"] + [f"p{q}" for q in PERCENTILES])
 
 
+RULE = (
+    "Supported only if batch norm clearly lowers the gradient-based internal "
+    "covariate shift (Santurkar et al.'s ‖G - G'‖, last hidden layer, mean over "
+    "training) against no norm AND noisy batch norm, which re-introduces a shift of "
+    "every unit's distribution at every step, clearly loses batch norm's accuracy "
+    "(\"clearly\": 95% intervals over seeds separated). Partly supported if one of "
+    "the two holds, not supported if neither (Santurkar et al.'s finding)."
+)
+
+ANCHOR = (
+    "Ioffe & Szegedy 2015 §4.1 and Fig. 1: on MNIST, a 3x100 sigmoid MLP trains "
+    "faster with BN and the 15/50/85th percentiles of a sigmoid's input stay "
+    "stable. Santurkar et al. 2018 (disputed the mechanism): with noise injected "
+    "after BN the input distributions are less stable than without BN, yet the "
+    "network trains nearly as well as with BN; the gradient-based shift (their "
+    "Def. 2.1) is not reduced by BN, often larger."
+)
+
+
 def analyze(rows: pandas.DataFrame) -> dict:
     """Accuracy, drift and gradient-based shift per arm, and the verdict."""
     ok, note = common.usable_rows(rows)
+    if not len(ok):
+        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, note)
     runs = per_run(ok)
     est = {
         (arm, column): stats.estimate(runs.loc[runs["arm"] == arm, column])
@@ -383,24 +404,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         claim=CLAIM_ID,
         title=TITLE,
         verdict=stats.verdict_from(parts),
-        rule=(
-            "Supported only if batch norm clearly lowers the gradient-based internal "
-            "covariate shift (Santurkar et al.'s ‖G - G'‖, last hidden layer, mean over "
-            "training) against no norm AND noisy batch norm, which re-introduces a shift of "
-            "every unit's distribution at every step, clearly loses batch norm's accuracy "
-            "(\"clearly\": 95% intervals over seeds separated). Partly supported if one of "
-            "the two holds, not supported if neither (Santurkar et al.'s finding)."
-        ),
+        rule=RULE,
         parts=parts,
         evidence=evidence,
-        anchor=(
-            "Ioffe & Szegedy 2015 §4.1 and Fig. 1: on MNIST, a 3x100 sigmoid MLP trains "
-            "faster with BN and the 15/50/85th percentiles of a sigmoid's input stay "
-            "stable. Santurkar et al. 2018 (disputed the mechanism): with noise injected "
-            "after BN the input distributions are less stable than without BN, yet the "
-            "network trains nearly as well as with BN; the gradient-based shift (their "
-            "Def. 2.1) is not reduced by BN, often larger."
-        ),
+        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={SUMMARY: _summary(runs), CURVES: _curves(ok), UNIT_TABLE: _unit_table(ok)},
@@ -422,6 +429,8 @@ def analyze(rows: pandas.DataFrame) -> dict:
 
 def figures(analysis, out_dir):
     """fig-c9-shift and fig-c9-unit, from the analysis' tables."""
+    if not analysis["tables"]:  # no run finished: nothing to draw
+        return []
     curves = pandas.DataFrame.from_records(analysis["tables"][CURVES])
     summary = pandas.DataFrame.from_records(analysis["tables"][SUMMARY])
     unit = pandas.DataFrame.from_records(analysis["tables"][UNIT_TABLE])
@@ -449,7 +458,7 @@ def figures(analysis, out_dir):
     paths += plots.save_figure(fig, "fig-c9-shift", out_dir, plotted)
 
     arms = [a for a in ARMS if len(unit) and a in set(unit["arm"])]
-    fig, axes = plots.new_axes(width=3.2, ncols=max(1, len(arms)))
+    fig, axes = plots.new_axes(width=3.6, ncols=max(1, len(arms)))
     axes = axes if isinstance(axes, list) else [axes]
     values = unit[[f"p{q}" for q in PERCENTILES]].to_numpy(float) if len(unit) else np.zeros(1)
     pad = 0.05 * (values.max() - values.min() + 1e-9)

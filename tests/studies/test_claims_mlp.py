@@ -277,6 +277,19 @@ def test_c9_gradient_shift_is_zero_when_earlier_layers_do_not_move():
         assert l2 == pytest.approx(0.0, abs=1e-7) and cosine == pytest.approx(1.0)
 
 
+# --- All three -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [c1, c3, c9], ids=lambda m: m.CLAIM_ID)
+def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
+    failed = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "boom", "seed": s} for s in SEEDS])
+    analysis = module.analyze(failed)
+    assert analysis["verdict"] == "not supported"
+    assert analysis["parts"] == {"at least one run finished": False}
+    assert "5 of 5 runs failed" in analysis["caveats"][0]
+    assert module.figures(analysis, tmp_path) == []
+
+
 # --- End to end -------------------------------------------------------------------------
 
 
