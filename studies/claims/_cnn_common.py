@@ -54,6 +54,22 @@ def ok_rows(rows: pandas.DataFrame):
     return ok.reset_index(drop=True), len(rows) - len(ok)
 
 
+def no_runs(claim, title, rule, anchor, failed) -> dict:
+    """The analysis of a claim none of whose `failed` runs finished: nothing was measured,
+    so nothing is supported, and there is no figure."""
+    return stats.make_analysis(
+        claim=claim,
+        title=title,
+        verdict="not supported",
+        rule=rule,
+        parts={"at least one run finished": False},
+        evidence=[],
+        anchor=anchor,
+        setup="No run of this claim finished; see the caveats.",
+        caveats=[f"All {failed} run(s) failed; their errors are in the stored rows."],
+    )
+
+
 def error_pp(rows: pandas.DataFrame, accuracy_column: str) -> pandas.Series:
     """Test error in percentage points from an accuracy column; a run that diverged (NaN
     loss, so NaN metrics) counts as chance accuracy, the accuracy of its constant

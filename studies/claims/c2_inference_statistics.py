@@ -123,6 +123,16 @@ def inference_statistics(config: RunConfig) -> dict:
 
 # -- the analysis -----------------------------------------------------------------------
 
+RULE = (
+    f"Per model, at Keras's default momentum {DEFAULT_MOMENTUM:g}: the EMA stands in for "
+    "the population statistics when the mean paired accuracy difference (a) - (b) is "
+    f"within {TOLERANCE_PP:g} pp; a batch of one collapses when (d)'s mean accuracy is "
+    f"within {NEAR_CHANCE_PP:g} pp of chance (10 %). Over all runs, inference-mode logits "
+    f"must move by at most {INDEPENDENCE_TOLERANCE:g} when a sample's batch-mates change. "
+    "Supported when every check holds, partly supported when some do, not supported "
+    "when none does."
+)
+
 ANCHOR = (
     "BN paper, Algorithm 2: population statistics at inference; the EMA is a stand-in.\n"
     "Ioffe & Szegedy 2015, §3.1 and Algorithm 2: at inference BN uses the population "
@@ -141,6 +151,8 @@ def _accuracy_pct(rows, column):
 
 def analyze(rows: pandas.DataFrame) -> dict:
     ok, failed = common.ok_rows(rows)
+    if ok.empty:
+        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, failed)
     long = pandas.concat(
         [ok[["model", "bn_momentum", "seed"]].assign(statistics=source, accuracy=_accuracy_pct(ok, column))
          for source, (column, _) in SOURCES.items()],
@@ -241,15 +253,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
         claim=CLAIM_ID,
         title=TITLE,
         verdict=stats.verdict_from(parts),
-        rule=(
-            f"Per model, at Keras's default momentum {DEFAULT_MOMENTUM:g}: the EMA stands in for "
-            f"the population statistics when the mean paired accuracy difference (a) - (b) is "
-            f"within {TOLERANCE_PP:g} pp; a batch of one collapses when (d)'s mean accuracy is "
-            f"within {NEAR_CHANCE_PP:g} pp of chance (10 %). Over all runs, inference-mode logits "
-            f"must move by at most {INDEPENDENCE_TOLERANCE:g} when a sample's batch-mates change. "
-            f"Supported when every check holds, partly supported when some do, not supported "
-            f"when none does."
-        ),
+        rule=RULE,
         parts=parts,
         evidence=evidence,
         anchor=ANCHOR,
@@ -271,6 +275,8 @@ def analyze(rows: pandas.DataFrame) -> dict:
 
 
 def figures(analysis, out_dir):
+    if not analysis["tables"].get(ACCURACY_TABLE):
+        return []  # no run finished
     table = pandas.DataFrame(analysis["tables"][ACCURACY_TABLE])
     models = list(dict.fromkeys(table["model"]))
     fig, axes = plots.new_axes(width=3.8, height=3.2, ncols=max(1, len(models)))

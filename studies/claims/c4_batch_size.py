@@ -43,6 +43,7 @@ PROFILES = {
     "full": (("none", "batch", "layer", "group", "batch_renorm"), (2, 4, 8, 32, 128), tuple(range(5)), 4000, 3),
 }
 NORM_LABELS = {"none": "none", "batch": "BN", "layer": "LN", "group": "GN", "batch_renorm": "batch renorm"}
+ERROR_TABLE = "test error (%) by norm and batch size"
 #: The metric columns a run adds to the engine's (test error in two modes).
 EVAL_MODE, BATCH_MODE = "final/test/accuracy", "c4/test_accuracy_batch_stats"
 
@@ -91,6 +92,15 @@ def batch_size_run(config: RunConfig) -> dict:
 
 # -- the analysis -----------------------------------------------------------------------
 
+RULE = (
+    "BN degrades when its test error at the smallest batch size is at least "
+    f"{THRESHOLD_PP:g} pp above its error at batch {REFERENCE_BATCH}, with separated intervals; LN "
+    f"and GN stay flat when their mean error changes by less than {THRESHOLD_PP:g} pp "
+    "between the same sizes. Supported if BN degrades and LN and GN stay flat; partly "
+    "supported if BN degrades but LN or GN changes as much; not supported if BN does "
+    "not degrade. Errors are in inference mode."
+)
+
 ANCHOR = (
     "Wu & He 2018, Fig. 1: BN's top-1 error rises from 23.6 % at batch 32 to 34.7 % at 2; "
     "GN stays at 24.1 %.\n"
@@ -110,6 +120,8 @@ def _seed_differences(rows, norm, column, small, reference):
 
 def analyze(rows: pandas.DataFrame) -> dict:
     ok, failed = common.ok_rows(rows)
+    if ok.empty:
+        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, failed)
     ok = ok.assign(
         eval_error=common.error_pp(ok, EVAL_MODE),
         batch_error=common.error_pp(ok, BATCH_MODE),
@@ -197,20 +209,13 @@ def analyze(rows: pandas.DataFrame) -> dict:
         claim=CLAIM_ID,
         title=TITLE,
         verdict=verdict,
-        rule=(
-            f"BN degrades when its test error at the smallest batch size is at least "
-            f"{THRESHOLD_PP:g} pp above its error at batch {ref}, with separated intervals; LN "
-            f"and GN stay flat when their mean error changes by less than {THRESHOLD_PP:g} pp "
-            f"between the same sizes. Supported if BN degrades and LN and GN stay flat; partly "
-            f"supported if BN degrades but LN or GN changes as much; not supported if BN does "
-            f"not degrade. Errors are in inference mode."
-        ),
+        rule=RULE,
         parts=parts,
         evidence=evidence,
         anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
-        tables={"test error (%) by norm and batch size": table},
+        tables={ERROR_TABLE: table},
         figures={
             "fig-c4-batch-size": (
                 "Test error against the batch size (log scale), learning rate scaled with the "
@@ -236,7 +241,9 @@ def _widths(row):
 
 
 def figures(analysis, out_dir):
-    table = pandas.DataFrame(analysis["tables"]["test error (%) by norm and batch size"])
+    if not analysis["tables"].get(ERROR_TABLE):
+        return []  # no run finished
+    table = pandas.DataFrame(analysis["tables"][ERROR_TABLE])
     panels = (("inference mode (moving statistics)", "error_pp", "low", "high"),
               ("training mode (test batch statistics)", "batch_stats_error_pp",
                "low_batch_stats", "high_batch_stats"))

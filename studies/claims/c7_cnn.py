@@ -45,6 +45,7 @@ ARMS = {
 NORM_LABELS = {"none": "none", "batch": "BN", "layer": "LN", "group": "GN"}
 DATASET_LABELS = {"mnist1d": "MNIST-1D, 1-D CNN", "digits": "digits 8x8, 2-D CNN"}
 TEST, TRAIN = "final/test/accuracy", "final/train_eval/accuracy"
+ERROR_TABLE = "test and training error (%) by dataset and norm"
 
 
 def grid(profile):
@@ -72,6 +73,12 @@ def grid(profile):
 
 # -- the analysis -----------------------------------------------------------------------
 
+RULE = (
+    "On a dataset, BN beats LN when BN's mean test accuracy interval lies wholly above "
+    "LN's. Supported if BN beats LN on both datasets; partly supported if on one; not "
+    "supported if on neither."
+)
+
 ANCHOR = (
     "Wu & He 2018, Table 1, batch 32: top-1 error BN 23.6 %, LN 25.3 %.\n"
     "Ba et al. 2016, §6.7: BN outperforms LN on convolutional networks (no numbers given). "
@@ -82,6 +89,8 @@ ANCHOR = (
 
 def analyze(rows: pandas.DataFrame) -> dict:
     ok, failed = common.ok_rows(rows)
+    if ok.empty:
+        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, failed)
     ok = ok.assign(test_error=common.error_pp(ok, TEST), train_error=common.error_pp(ok, TRAIN))
     by = ["dataset", "norm"]
     test = stats.summarize(ok, by, "test_error")
@@ -121,11 +130,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
         claim=CLAIM_ID,
         title=TITLE,
         verdict=verdict,
-        rule=(
-            "On a dataset, BN beats LN when BN's mean test accuracy interval lies wholly above "
-            "LN's. Supported if BN beats LN on both datasets; partly supported if on one; not "
-            "supported if on neither."
-        ),
+        rule=RULE,
         parts=parts,
         evidence=evidence,
         anchor=ANCHOR,
@@ -153,7 +158,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
             "Training-set error (inference mode) is in the table to show whether a gap comes "
             "from fitting or from generalization.",
         ],
-        tables={"test and training error (%) by dataset and norm": table},
+        tables={ERROR_TABLE: table},
         figures={
             "fig-c7-cnn": (
                 "Test error of the same CNN with each norm, per dataset (lower is better). "
@@ -172,7 +177,9 @@ def _size(settings):
 
 
 def figures(analysis, out_dir):
-    table = pandas.DataFrame(analysis["tables"]["test and training error (%) by dataset and norm"])
+    if not analysis["tables"].get(ERROR_TABLE):
+        return []  # no run finished
+    table = pandas.DataFrame(analysis["tables"][ERROR_TABLE])
     datasets = list(dict.fromkeys(table["dataset"]))
     fig, axes = plots.new_axes(width=3.4, height=3.0, ncols=max(1, len(datasets)))
     axes = axes if isinstance(axes, list) else [axes]

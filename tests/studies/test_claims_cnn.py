@@ -112,7 +112,7 @@ def test_c4_diverged_and_failed_runs_are_counted_not_dropped():
     failed = rows.iloc[:1].assign(status="error")
     analysis = c4.analyze(pandas.concat([rows, failed], ignore_index=True))
     assert analysis["verdict"] == "supported"
-    table = pandas.DataFrame(analysis["tables"]["test error (%) by norm and batch size"])
+    table = pandas.DataFrame(analysis["tables"][c4.ERROR_TABLE])
     bn = table[(table["norm"] == "batch") & (table["batch_size"] == 2)].iloc[0]
     assert bn["error_pp"] == pytest.approx(90.0) and bn["n"] == 5
     assert any("1 run(s) failed" in c and "5 diverged" in c for c in analysis["caveats"])
@@ -275,3 +275,16 @@ def test_c2_smoke_runs_end_to_end(tmp_path):
     assert (rows["c2/batchmate_max_abs_diff_training"] > 0).all()
     # (a) is the accuracy Keras reports after training, with the moving averages.
     assert (rows["c2/accuracy_ema"] == rows["final/test/accuracy"]).all()
+
+
+# -- all three ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [c2, c4, c7], ids=lambda m: m.CLAIM_ID)
+def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
+    rows = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "Traceback ..."}] * 3)
+    analysis = module.analyze(rows)
+    assert analysis["verdict"] == "not supported"
+    assert analysis["parts"] == {"at least one run finished": False}
+    assert "All 3 run(s) failed" in analysis["caveats"][0]
+    assert module.figures(analysis, tmp_path) == []
