@@ -55,18 +55,12 @@ def ok_rows(rows: pandas.DataFrame):
 
 
 def no_runs(claim, title, rule, anchor, failed) -> dict:
-    """The analysis of a claim none of whose `failed` runs finished: nothing was measured,
-    so nothing is supported, and there is no figure."""
-    return stats.make_analysis(
-        claim=claim,
-        title=title,
-        verdict="not supported",
-        rule=rule,
-        parts={"at least one run finished": False},
-        evidence=[],
-        anchor=anchor,
-        setup="No run of this claim finished; see the caveats.",
-        caveats=[f"All {failed} run(s) failed; their errors are in the stored rows."],
+    """The analysis of a claim none of whose `failed` runs finished (not supported, no
+    figure): the MLP claims' helper, with the count in its note."""
+    from studies.claims._mlp_common import no_runs as analysis_without_runs
+
+    return analysis_without_runs(
+        claim, title, rule, anchor, f"All {failed} run(s) failed; their errors are in the stored rows."
     )
 
 
