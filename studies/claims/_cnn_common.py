@@ -10,6 +10,7 @@ import numpy as np
 import pandas
 
 from studies import stats
+from studies.claims import _mlp_common
 
 #: Accuracy of a model that always predicts one class of ten (balanced test sets).
 CHANCE_ACCURACY = 0.1
@@ -57,9 +58,7 @@ def ok_rows(rows: pandas.DataFrame):
 def no_runs(claim, title, rule, anchor, failed) -> dict:
     """The analysis of a claim none of whose `failed` runs finished (not supported, no
     figure): the MLP claims' helper, with the count in its note."""
-    from studies.claims._mlp_common import no_runs as analysis_without_runs
-
-    return analysis_without_runs(
+    return _mlp_common.no_runs(
         claim, title, rule, anchor, f"All {failed} run(s) failed; their errors are in the stored rows."
     )
 
