@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pandas
 import pytest
+import tensorflow as tf
 
 from studies import stats, sweep, training
 from studies.__main__ import main
@@ -235,6 +236,12 @@ def test_c9_noisy_batch_norm_redraws_its_noise_in_training_only():
     x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
     first, second = np.asarray(layer(x, training=True)), np.asarray(layer(x, training=True))
     assert not np.allclose(first, second)
+
+    @tf.function
+    def compiled(inputs):  # as in the training loop: a new draw at every step
+        return layer(inputs, training=True)
+
+    assert not np.allclose(compiled(x), compiled(x))
     # Per unit, the batch's output is the normalized input under an affine map with
     # scale in [1, 2] and shift in [-1, 1] (gamma = 1, beta = 0 at the start).
     scale = first.std(0) / np.sqrt(x.var(0) / (x.var(0) + layer.epsilon))
