@@ -19,6 +19,7 @@ Two measurements, both made by one task (``c6_statistics``) on three arms:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -88,9 +89,9 @@ def grid(profile) -> list[RunConfig]:
     """The runs of `profile`: the token model with BN and with LN on the sequences, and
     the CNN with BN on MNIST-1D, each over the profile's seeds."""
     p = PROFILES[check_profile(profile)]
-    base = sweep.grid(
-        BASE, epochs=[p["epochs"]], steps_per_epoch=[p["steps_per_epoch"]], num_samples=[p["num_samples"]]
-    )[0]
+    base = dataclasses.replace(
+        BASE, epochs=p["epochs"], steps_per_epoch=p["steps_per_epoch"], num_samples=p["num_samples"]
+    )
     seeds = list(p["seeds"])
     tokens = sweep.grid(base, dataset=["sequences"], options=[SEQUENCE_OPTIONS], norm=["batch", "layer"], seed=seeds)
     cnn = sweep.grid(base, dataset=["mnist1d"], norm=["batch"], seed=seeds)
