@@ -2,18 +2,7 @@
 
 import pytest
 
-import kerasnorm
 from studies.training import RunConfig
-
-
-def has_layer(name):
-    return hasattr(kerasnorm, name)
-
-
-def needs_layer(*names):
-    """Skips a test until kerasnorm provides all `names` (it switches on by itself)."""
-    missing = [n for n in names if not has_layer(n)]
-    return pytest.mark.skipif(bool(missing), reason=f"kerasnorm lacks {', '.join(missing)}")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import pytest
 
 from studies import training
 from studies.training import RunConfig
-from tests.studies.conftest import needs_layer
 
 METRICS = tuple(training.EPOCH_METRICS)
 
@@ -145,7 +144,6 @@ def test_custom_task_reuses_the_helpers(tiny):
     assert row["status"] == "ok" and row["extra/params"] > 0 and len(row["test/accuracy"]) == 1
 
 
-@needs_layer("MaskedRNN", "BatchNormLSTMCell")
 def test_rnn_on_variable_length_sequences(tiny):
     config = tiny(
         dataset="sequences", model="rnn", norm="batch", cell="lstm", widths=(8,),
