@@ -6,9 +6,10 @@ import math
 import numbers
 
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import initializers, ops
 
 from kerasnorm import kernels
+from kerasnorm._common import AffineMixin, check_bool, float_in, positive_float
 from kerasnorm import moments as M
 
 _RENORM_KEYS = ("rmax", "rmin", "dmax")
@@ -22,27 +23,8 @@ def _clone_initializer(initializer):
     return initializer
 
 
-def _float_in(name, value, low, high, low_open=False, high_open=True):
-    """`float(value)` checked against an interval; `ValueError` naming the value if not."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ValueError(f"Argument `{name}` must be a number. Received: {name}={value!r}")
-    value = float(value)
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if below or above:
-        interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-        raise ValueError(f"Argument `{name}` must be in {interval}. Received: {name}={value!r}")
-    return value
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
-    return value
-
-
 @keras.saving.register_keras_serializable(package="kerasnorm")
-class BatchNormalization(keras.layers.Layer):
+class BatchNormalization(AffineMixin, keras.layers.Layer):
     """Normalizes each feature over the mini-batch; a drop-in `keras.layers.BatchNormalization`.
 
     In training (`training=True` and the layer `trainable`) the layer returns
@@ -141,28 +123,24 @@ class BatchNormalization(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.axis = M.validate_axis_argument(axis)
-        self.momentum = _float_in("momentum", momentum, 0.0, 1.0)
-        self.epsilon = _float_in("epsilon", epsilon, 0.0, math.inf, low_open=True)
-        self.center = _check_bool("center", center)
-        self.scale = _check_bool("scale", scale)
-        self.synchronized = _check_bool("synchronized", synchronized)
+        self.momentum = float_in("momentum", momentum, 0.0, 1.0)
+        self.epsilon = positive_float("epsilon", epsilon)
+        self._init_affine(
+            center, scale, beta_initializer, gamma_initializer,
+            beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint,
+        )  # fmt: skip
+        self.synchronized = check_bool("synchronized", synchronized)
         if synchronized and keras.backend.backend() != "tensorflow":
             raise ValueError(
                 "Argument `synchronized=True` needs the TensorFlow backend. "
                 f"Received: synchronized=True with backend={keras.backend.backend()!r}"
             )
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.beta_constraint = constraints.get(beta_constraint)
-        self.gamma_constraint = constraints.get(gamma_constraint)
 
-        self.renorm = _check_bool("renorm", renorm)
+        self.renorm = check_bool("renorm", renorm)
         self.renorm_clipping = self._check_renorm_clipping(renorm_clipping)
-        self.renorm_momentum = _float_in("renorm_momentum", renorm_momentum, 0.0, 1.0)
+        self.renorm_momentum = float_in("renorm_momentum", renorm_momentum, 0.0, 1.0)
         self.renorm_warmup = self._check_renorm_warmup(renorm_warmup)
 
         if virtual_batch_size is not None and (
@@ -183,8 +161,6 @@ class BatchNormalization(keras.layers.Layer):
         self.moving_variance_estimator = moving_variance_estimator
 
         self.supports_masking = True
-        self.gamma = None
-        self.beta = None
         self.moving_mean = None
         self.moving_variance = None
         self._feature_axes = None
@@ -260,26 +236,7 @@ class BatchNormalization(keras.layers.Layer):
                 f"axis. Received: axis={self.axis!r}, virtual_batch_size={self.virtual_batch_size}"
             )
         shape = tuple(input_shape[a] for a in self._feature_axes)
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
+        self._build_affine(shape)
         self.moving_mean = self.add_weight(
             shape=shape,
             name="moving_mean",
@@ -537,16 +494,9 @@ class BatchNormalization(keras.layers.Layer):
             "axis": self.axis,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": initializers.serialize(self.beta_initializer),
-            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            **self._affine_config(),
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
-            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": constraints.serialize(self.beta_constraint),
-            "gamma_constraint": constraints.serialize(self.gamma_constraint),
             "synchronized": self.synchronized,
             "renorm": self.renorm,
             "renorm_clipping": self.renorm_clipping,

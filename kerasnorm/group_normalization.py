@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import ops
 
 from kerasnorm import moments as M
-from kerasnorm.batch_normalization import _check_bool, _float_in
+from kerasnorm._common import AffineMixin, positive_float
 
 
 @keras.saving.register_keras_serializable(package="kerasnorm")
-class GroupNormalization(keras.layers.Layer):
+class GroupNormalization(AffineMixin, keras.layers.Layer):
     """Normalizes each sample over groups of channels; a drop-in
     `keras.layers.GroupNormalization`.
 
@@ -88,20 +87,14 @@ class GroupNormalization(keras.layers.Layer):
             raise ValueError(f"Argument `axis` must be an int (the channel axis). Received: axis={axis!r}")
         self.groups = int(groups)
         self.axis = int(axis)
-        self.epsilon = _float_in("epsilon", epsilon, 0.0, math.inf, low_open=True)
-        self.center = _check_bool("center", center)
-        self.scale = _check_bool("scale", scale)
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.beta_constraint = constraints.get(beta_constraint)
-        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.epsilon = positive_float("epsilon", epsilon)
+        self._init_affine(
+            center, scale, beta_initializer, gamma_initializer,
+            beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint,
+        )  # fmt: skip
         self.supports_masking = True
         # Statistics are computed in float32 whatever the policy: no input autocast.
         self.autocast = False
-        self.gamma = None
-        self.beta = None
         self._channel_axis = None
         self._num_groups = None
 
@@ -128,24 +121,7 @@ class GroupNormalization(keras.layers.Layer):
             )
         self._channel_axis = axis
         self._num_groups = groups
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=(channels,),
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=(channels,),
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                autocast=False,
-            )
+        self._build_affine((channels,))
         self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={axis: channels})
 
     def call(self, inputs, mask=None):
@@ -187,13 +163,6 @@ class GroupNormalization(keras.layers.Layer):
             "groups": self.groups,
             "axis": self.axis,
             "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": initializers.serialize(self.beta_initializer),
-            "gamma_initializer": initializers.serialize(self.gamma_initializer),
-            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": constraints.serialize(self.beta_constraint),
-            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            **self._affine_config(),
         }
         return {**super().get_config(), **config}

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import ops
 
 from kerasnorm import kernels
 from kerasnorm import moments as M
-from kerasnorm.batch_normalization import _check_bool, _float_in
+from kerasnorm._common import AffineMixin, positive_float
 
 
 @keras.saving.register_keras_serializable(package="kerasnorm")
-class LayerNormalization(keras.layers.Layer):
+class LayerNormalization(AffineMixin, keras.layers.Layer):
     """Normalizes each sample over the features of a layer; a drop-in
     `keras.layers.LayerNormalization`.
 
@@ -70,20 +68,14 @@ class LayerNormalization(keras.layers.Layer):
             )
         super().__init__(**kwargs)
         self.axis = M.validate_axis_argument(axis)
-        self.epsilon = _float_in("epsilon", epsilon, 0.0, math.inf, low_open=True)
-        self.center = _check_bool("center", center)
-        self.scale = _check_bool("scale", scale)
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.beta_constraint = constraints.get(beta_constraint)
-        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.epsilon = positive_float("epsilon", epsilon)
+        self._init_affine(
+            center, scale, beta_initializer, gamma_initializer,
+            beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint,
+        )  # fmt: skip
         self.supports_masking = True
         # Statistics are computed in float32 whatever the policy: no input autocast.
         self.autocast = False
-        self.gamma = None
-        self.beta = None
         self._axes = None
 
     def build(self, input_shape):
@@ -94,26 +86,7 @@ class LayerNormalization(keras.layers.Layer):
                 "The normalized axes must have known sizes to hold weights. "
                 f"Received: input_shape={tuple(input_shape)}, axis={self.axis!r}"
             )
-        if self.scale:
-            self.gamma = self.add_weight(
-                name="gamma",
-                shape=shape,
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                name="beta",
-                shape=shape,
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
+        self._build_affine(shape)
 
     def _broadcast(self, weight, ndim):
         shape = [1] * ndim
@@ -146,13 +119,6 @@ class LayerNormalization(keras.layers.Layer):
         config = {
             "axis": self.axis,
             "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": initializers.serialize(self.beta_initializer),
-            "gamma_initializer": initializers.serialize(self.gamma_initializer),
-            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": constraints.serialize(self.beta_constraint),
-            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            **self._affine_config(),
         }
         return {**super().get_config(), **config}

@@ -14,7 +14,6 @@ All normalization maths is that of `kerasnorm.moments`.
 
 from __future__ import annotations
 
-import math
 
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
@@ -27,7 +26,7 @@ from keras.src import tree
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from kerasnorm import moments as M
-from kerasnorm.batch_normalization import _check_bool, _float_in
+from kerasnorm._common import check_bool, float_in, positive_float
 from kerasnorm.layer_normalization import LayerNormalization
 
 
@@ -63,7 +62,7 @@ class _GatedCell(DropoutRNNCell, keras.layers.Layer):
         self.units = M.validate_positive_int(units, "units")
         self.activation = activations.get(activation)
         self.recurrent_activation = activations.get(recurrent_activation)
-        self.use_bias = _check_bool("use_bias", use_bias)
+        self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.recurrent_initializer = initializers.get(recurrent_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
@@ -73,11 +72,11 @@ class _GatedCell(DropoutRNNCell, keras.layers.Layer):
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.recurrent_constraint = constraints.get(recurrent_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
-        self.dropout = _float_in("dropout", dropout, 0.0, 1.0)
-        self.recurrent_dropout = _float_in("recurrent_dropout", recurrent_dropout, 0.0, 1.0)
+        self.dropout = float_in("dropout", dropout, 0.0, 1.0)
+        self.recurrent_dropout = float_in("recurrent_dropout", recurrent_dropout, 0.0, 1.0)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed=seed)
-        self.epsilon = _float_in("epsilon", epsilon, 0.0, math.inf, low_open=True)
+        self.epsilon = positive_float("epsilon", epsilon)
         self.output_size = self.units
 
     def _bias_initializer(self):
@@ -227,7 +226,7 @@ class LayerNormLSTMCell(_LSTMBias, _GatedCell):
 
     def __init__(self, units, unit_forget_bias=True, **kwargs):
         super().__init__(units, **kwargs)
-        self.unit_forget_bias = _check_bool("unit_forget_bias", unit_forget_bias)
+        self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         self.state_size = [self.units, self.units]
         norm = dict(epsilon=self.epsilon, dtype=self.dtype_policy)
         self.input_norm = LayerNormalization(center=False, name="input_norm", **norm)
@@ -384,14 +383,14 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
         **kwargs,
     ):
         super().__init__(units, **kwargs)
-        self.share_statistics = _check_bool("share_statistics", share_statistics)
+        self.share_statistics = check_bool("share_statistics", share_statistics)
         self.max_steps = M.validate_positive_int(max_steps, "max_steps", allow_none=share_statistics)
-        self.momentum = _float_in("momentum", momentum, 0.0, 1.0)
+        self.momentum = float_in("momentum", momentum, 0.0, 1.0)
         self.gamma_initializer = initializers.get(
             initializers.Constant(0.1) if gamma_initializer is None else gamma_initializer
         )
         self.beta_initializer = initializers.get(beta_initializer)
-        self.unit_forget_bias = _check_bool("unit_forget_bias", unit_forget_bias)
+        self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         self.state_size = [self.units, self.units, 1]
         self._rows = 1 if share_statistics else self.max_steps
         # Set by `MaskedRNN` while it runs this cell (see `call`).

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 
 import keras
 from keras import ops
 
 from kerasnorm import moments as M
-from kerasnorm.batch_normalization import _float_in
+from kerasnorm._common import positive_float
 
 
 @keras.saving.register_keras_serializable(package="kerasnorm")
@@ -44,7 +43,7 @@ class RMSNormalization(keras.layers.Layer):
     def __init__(self, axis=-1, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.axis = M.validate_axis_argument(axis)
-        self.epsilon = _float_in("epsilon", epsilon, 0.0, math.inf, low_open=True)
+        self.epsilon = positive_float("epsilon", epsilon)
         self.supports_masking = True
         # The mean square is computed in float32 whatever the policy: no input autocast.
         self.autocast = False

@@ -213,7 +213,6 @@ def analyze(rows: pandas.DataFrame) -> dict:
         return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, note)
     runs = per_run(ok)
     gap = {arm: stats.estimate(runs.loc[runs["arm"] == arm, "gap"]) for arm in ARMS}
-    empty = stats.Estimate(float("nan"), float("nan"), float("nan"), 0)
 
     regularizes = stats.clearly_greater(gap["none"], gap["batch 64"])
     ghost_means = [gap[a].mean for a in ("batch 64", "ghost 16", "ghost 4")]
