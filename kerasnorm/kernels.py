@@ -64,40 +64,50 @@ def in_xla():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def closed_form_normalize(x2, gamma, beta, epsilon, stat_axis):
-    """Normalizes a 2-D float32 `x2` over `stat_axis` (0: batch norm over rows; 1: layer
-    norm over columns); `gamma` and `beta` have shape `(columns,)`.
+def closed_form_normalize(x, gamma, beta, epsilon, stat_axes):
+    """Normalizes float32 `x` over `stat_axes` (a tuple); `gamma` and `beta` broadcast
+    against `x` with the same rank (size 1 on the axes they do not span).
 
-    Returns `(y, mean, variance)`, statistics without kept axes. Gradients flow to `x2`,
+    Returns `(y, mean, variance)` with the reduced axes kept. Gradients flow to `x`,
     `gamma` and `beta` through the closed form
-    `dx = inv * (g - mean(g) - x_hat * mean(g * x_hat))` with `g = dy * gamma`; the
-    returned statistics carry no gradient (they feed moving averages only).
+    `dx = inv * (g - mean(g) - x_hat * mean(g * x_hat))` with `g = dy * gamma` and the
+    means over `stat_axes`; the returned statistics carry no gradient (they feed moving
+    averages only).
     """
     import tensorflow as tf
 
+    param_axes = [a for a in range(len(x.shape)) if gamma.shape[a] == 1]
+
     @tf.custom_gradient
-    def _normalize(x2, gamma, beta):
-        shift = tf.reduce_mean(x2, axis=stat_axis, keepdims=True)
-        deviation = x2 - shift
-        first = tf.reduce_mean(deviation, axis=stat_axis, keepdims=True)
-        second = tf.reduce_mean(tf.square(deviation), axis=stat_axis, keepdims=True)
+    def _normalize(x, gamma, beta):
+        shift = tf.reduce_mean(x, axis=stat_axes, keepdims=True)
+        deviation = x - shift
+        first = tf.reduce_mean(deviation, axis=stat_axes, keepdims=True)
+        second = tf.reduce_mean(tf.square(deviation), axis=stat_axes, keepdims=True)
         mean = shift + first
         variance = tf.maximum(second - tf.square(first), 0.0)
         inv = tf.math.rsqrt(variance + epsilon)
-        x_hat = (x2 - mean) * inv
+        x_hat = (x - mean) * inv
         y = x_hat * gamma + beta
 
         def grad(dy, *_unused_statistics_grads):
             g = dy * gamma
-            mean_g = tf.reduce_mean(g, axis=stat_axis, keepdims=True)
-            mean_gx = tf.reduce_mean(g * x_hat, axis=stat_axis, keepdims=True)
+            mean_g = tf.reduce_mean(g, axis=stat_axes, keepdims=True)
+            mean_gx = tf.reduce_mean(g * x_hat, axis=stat_axes, keepdims=True)
             dx = inv * (g - mean_g - x_hat * mean_gx)
-            return dx, tf.reduce_sum(dy * x_hat, axis=0), tf.reduce_sum(dy, axis=0)
+            dgamma = tf.reduce_sum(dy * x_hat, axis=param_axes, keepdims=True)
+            dbeta = tf.reduce_sum(dy, axis=param_axes, keepdims=True)
+            return dx, tf.reshape(dgamma, tf.shape(gamma)), tf.reshape(dbeta, tf.shape(beta))
 
-        squeeze = lambda t: tf.squeeze(t, axis=stat_axis)  # noqa: E731
-        return (y, squeeze(mean), squeeze(variance)), grad
+        return (y, mean, variance), grad
 
-    return _normalize(x2, gamma, beta)
+    return _normalize(x, gamma, beta)
+
+
+def _closed_form_over_rows(x2, gamma, beta, epsilon):
+    """Batch norm of a 2-D `x2` over its rows; statistics of shape `(columns,)`."""
+    y, mean, variance = closed_form_normalize(x2, gamma[None], beta[None], epsilon, (0,))
+    return y, mean[0], variance[0]
 
 
 def _fused(x2, gamma, beta, epsilon):
@@ -124,7 +134,7 @@ def batch_norm_train(x, gamma, beta, epsilon):
     x2 = tf.reshape(x, (-1, x.shape[-1]))
     if in_xla() or not _large(x):
         # Small, or under XLA (which fuses the closed form into few passes).
-        y, mean, variance = closed_form_normalize(x2, gamma, beta, epsilon, stat_axis=0)
+        y, mean, variance = _closed_form_over_rows(x2, gamma, beta, epsilon)
     else:
         y, mean, variance = _fused(x2, gamma, beta, epsilon)
         # Large mean against the spread: the fused float32 mean is not exact enough.
@@ -132,7 +142,7 @@ def batch_norm_train(x, gamma, beta, epsilon):
         y, mean, variance = tf.cond(
             accurate,
             lambda: (y, mean, variance),
-            lambda: closed_form_normalize(x2, gamma, beta, epsilon, stat_axis=0),
+            lambda: _closed_form_over_rows(x2, gamma, beta, epsilon),
         )
     return tf.reshape(y, tf.shape(x)), mean, variance
 
@@ -164,17 +174,18 @@ def layer_norm(x, gamma, beta, epsilon, num_axes=1):
         columns *= d
     x2 = tf.reshape(x, (-1, columns))
     y, _, _ = closed_form_normalize(
-        x2, tf.reshape(gamma, (columns,)), tf.reshape(beta, (columns,)), epsilon, stat_axis=1
+        x2, tf.reshape(gamma, (1, columns)), tf.reshape(beta, (1, columns)), epsilon, (1,)
     )
     return tf.reshape(y, tf.shape(x))
 
 
 def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
-    """Inference-mode batch norm of float32 `x` (features last) with given statistics,
-    in one pass outside XLA (the fused kernel); XLA fuses the plain form itself."""
+    """Inference-mode batch norm of float32 `x` (features last) with given statistics:
+    one pass through the fused kernel for large tensors outside XLA."""
     import tensorflow as tf
 
-    if in_xla():
+    if in_xla() or not _large(x):
+        # XLA fuses the plain form; small tensors do not repay the kernel's fixed cost.
         return (x - mean) * (tf.math.rsqrt(variance + epsilon) * gamma) + beta
     x4 = tf.reshape(x, (1, 1, -1, x.shape[-1]))
     y, _, _ = tf.compat.v1.nn.fused_batch_norm(

@@ -206,6 +206,14 @@ def moments(inputs, axes, weights=None, synchronized=False):
     return Moments(mean, variance, count)
 
 
+def mean_square(inputs, axes):
+    """Mean of `x**2` over `axes` (kept), in float32 or better: the statistic of RMS
+    normalization. One pass suffices: a sum of squares has no cancellation, its relative
+    rounding error stays at the float32 level whatever the mean."""
+    x = ops.cast(inputs, statistics_dtype(inputs.dtype))
+    return ops.mean(ops.square(x), axis=axes, keepdims=True)
+
+
 def normalize(inputs, mean, variance, scale, offset, epsilon):
     """`(inputs - mean) / sqrt(variance + epsilon) * scale + offset`, broadcasting.
 

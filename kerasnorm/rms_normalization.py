@@ -22,8 +22,8 @@ class RMSNormalization(keras.layers.Layer):
 
     The arguments, defaults, weight (`scale`, shaped like the normalized axes), saved
     files and numbers are those of Keras's layer. The mean square is computed in float32
-    (float64 for float64 inputs) from `kerasnorm.moments` as `variance + mean^2` (a sum of
-    two non-negative terms, so nothing cancels), also for float16/bfloat16 inputs.
+    (float64 for float64 inputs) by `kerasnorm.moments.mean_square`, also for
+    float16/bfloat16 inputs.
     A mask passes through unchanged (each position is normalized on its own).
 
     Args:
@@ -65,8 +65,7 @@ class RMSNormalization(keras.layers.Layer):
         ndim = len(inputs.shape)
         dtype = M.statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
-        stats = M.moments(x, self._axes)
-        mean_square = stats.variance + ops.square(stats.mean)
+        mean_square = M.mean_square(x, self._axes)
         scale_shape = [1] * ndim
         for i, a in enumerate(self._axes):
             scale_shape[a] = self.scale.shape[i]

@@ -202,8 +202,8 @@ def throughput_configs(tiny):
     from studies.sweep import grid
     from studies.training import RunConfig
 
-    base = RunConfig(claim="bench", num_samples=500 if tiny else 2000, epochs=1 if tiny else 3)
-    return grid(base, model=["mlp", "cnn1d"], norm=["batch", "layer"], seed=[0] if tiny else [0, 1])
+    base = RunConfig(claim="bench", num_samples=500 if tiny else 4000, epochs=1 if tiny else 2)
+    return grid(base, model=["mlp", "cnn1d"], norm=["batch", "layer"], seed=[0] if tiny else [0, 1, 2, 3])
 
 
 def bench_throughput(executor, tiny):
