@@ -6,6 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+# Where `make report` keeps its runs. The committed ones are reused (finished runs are
+# skipped); `make report RESULTS=reports/rerun` trains the whole study anew.
+RESULTS ?= reports/results
 
 .PHONY: install test report quick bench clean
 
@@ -21,8 +24,8 @@ test: install
 	$(PY) -m pytest
 
 report: install
-	$(PY) -m studies run --claims all --profile full --jobs $(JOBS)
-	$(PY) -m studies report
+	$(PY) -m studies run --claims all --profile full --jobs $(JOBS) --results $(RESULTS)
+	$(PY) -m studies report --results $(RESULTS) --out reports
 
 quick: install
 	$(PY) -m studies run --claims all --profile quick --jobs $(JOBS) --results reports/quick/results
