@@ -19,6 +19,12 @@ from studies import sweep
 from studies.stats import INTERVAL
 
 MANIFEST = sweep.MANIFEST
+#: Column order of the benchmark tables (bench.json stores its keys sorted).
+BENCH_COLUMNS = {
+    "table": ["shape", "layer", "mode", "xla", "keras_ms", "kerasnorm_ms", "floor_ms", "ratio", "target", "met"],
+    "folding": ["block", "xla", "keras_ms", "kerasnorm_ms", "folded_ms", "folded_vs_keras"],
+    "throughput": ["executor", "workers", "runs", "wall_s", "runs_per_min", "speedup_vs_1", "met"],
+}
 BENCH = "bench.json"
 
 FORMULA_NOTE = (
@@ -46,11 +52,12 @@ def _estimate_text(e, digits=2):
     return f"{e['mean']:.{digits}f}{unit} [{e['low']:.{digits}f}, {e['high']:.{digits}f}] (n={e['n']})"
 
 
-def _table(records, digits=3):
-    """A Markdown table from a list of dicts (as `make_analysis` stores tables)."""
+def _table(records, digits=3, columns=None):
+    """A Markdown table from a list of dicts (as `make_analysis` stores tables), with
+    `columns` in that order (default: the first record's keys)."""
     if not records:
         return "_(empty)_\n"
-    columns = list(records[0].keys())
+    columns = columns or list(records[0].keys())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in records:
         lines.append("| " + " | ".join(_fmt(r.get(c), digits) for c in columns) + " |")
@@ -150,15 +157,19 @@ def _bench_section(bench):
                 "bench`.\n")
     out = ["## Layer benchmarks\n", bench.get("description", ""), ""]
     out.append(f"Machine: {bench.get('machine', 'n/a')}\n")
-    out.append(_table(bench.get("table", [])))
+    table = bench.get("table", [])
+    met = sum(bool(r["met"]) for r in table)
+    out.append(f"{met} of {len(table)} cases meet their target.\n")
+    out.append(_table(table, columns=BENCH_COLUMNS["table"]))
     if bench.get("folding"):
         out.append("Inference of a linear layer followed by BN, with BN folded into the kernel "
                    "(`kerasnorm.fold_batch_norm`):\n")
-        out.append(_table(bench["folding"]))
+        out.append(_table(bench["folding"], columns=BENCH_COLUMNS["folding"]))
     if bench.get("throughput"):
         out.append("Study throughput: the same small sweep with 1 and 2 workers (runs per minute, "
-                   "worker start-up included):\n")
-        out.append(_table(bench["throughput"]))
+                   "worker start-up included; target: 2 workers at least "
+                   f"{bench['throughput'][-1].get('target', 'n/a')}x one):\n")
+        out.append(_table(bench["throughput"], columns=BENCH_COLUMNS["throughput"]))
     for fig_id, caption in bench.get("figures", {}).items():
         out.append(f"![{fig_id}](figures/{fig_id}.png)\n\n*{fig_id}.* {caption}\n")
     return "\n".join(out) + "\n"
