@@ -222,20 +222,13 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
 
     def build(self, input_shape):
         ndim = len(input_shape)
-        self._feature_axes = M.canonicalize_axes(self.axis, ndim)
+        self._feature_axes, shape = M.weight_axes_and_shape(self.axis, input_shape)
         self._reduction_axes = tuple(a for a in range(ndim) if a not in self._feature_axes)
-        for a in self._feature_axes:
-            if input_shape[a] is None:
-                raise ValueError(
-                    f"Axis {a} of the input must have a known size to hold weights. "
-                    f"Received: input_shape={tuple(input_shape)}, axis={self.axis!r}"
-                )
         if self.virtual_batch_size is not None and 0 in self._feature_axes:
             raise ValueError(
                 "Ghost batches split the batch axis, which must then not be a feature "
                 f"axis. Received: axis={self.axis!r}, virtual_batch_size={self.virtual_batch_size}"
             )
-        shape = tuple(input_shape[a] for a in self._feature_axes)
         self._build_affine(shape)
         self.moving_mean = self.add_weight(
             shape=shape,

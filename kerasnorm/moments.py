@@ -77,6 +77,19 @@ def canonicalize_axes(axis, ndim, name="axis"):
     return tuple(sorted(out))
 
 
+def weight_axes_and_shape(axis, input_shape, name="axis"):
+    """`(axes, shape)`: the canonical axes of `axis` and the shape of weights spanning
+    them. Raises `ValueError` when one of those axes has no known size."""
+    axes = canonicalize_axes(axis, len(input_shape), name)
+    shape = tuple(input_shape[a] for a in axes)
+    if any(d is None for d in shape):
+        raise ValueError(
+            "The normalized axes must have known sizes to hold weights. "
+            f"Received: input_shape={tuple(input_shape)}, {name}={axis!r}"
+        )
+    return axes, shape
+
+
 def statistics_dtype(dtype):
     """float32 for half-precision (and float32) inputs, float64 for float64 inputs."""
     return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"

@@ -51,13 +51,7 @@ class RMSNormalization(keras.layers.Layer):
         self._axes = None
 
     def build(self, input_shape):
-        self._axes = M.canonicalize_axes(self.axis, len(input_shape))
-        shape = tuple(input_shape[a] for a in self._axes)
-        if any(d is None for d in shape):
-            raise ValueError(
-                "The normalized axes must have known sizes to hold weights. "
-                f"Received: input_shape={tuple(input_shape)}, axis={self.axis!r}"
-            )
+        self._axes, shape = M.weight_axes_and_shape(self.axis, input_shape)
         self.scale = self.add_weight(name="scale", shape=shape, initializer="ones", autocast=False)
 
     def call(self, inputs):
