@@ -230,58 +230,32 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
                 f"axis. Received: axis={self.axis!r}, virtual_batch_size={self.virtual_batch_size}"
             )
         self._build_affine(shape)
-        self.moving_mean = self.add_weight(
-            shape=shape,
-            name="moving_mean",
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-        )
-        self.moving_variance = self.add_weight(
-            shape=shape,
-            name="moving_variance",
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-        )
+        # State, in Keras's order (the saved files match).
+        state = [("moving_mean", self.moving_mean_initializer), ("moving_variance", self.moving_variance_initializer)]
         if self.renorm:
             # As Keras: renorm tracks standard deviations, initialized from the variance
             # initializer, and separate renorm averages used during training.
             def stddev_initializer(shape, dtype=None):
                 return ops.sqrt(_clone_initializer(self.moving_variance_initializer)(shape, dtype=dtype))
 
-            self.moving_stddev = self.add_weight(
-                shape=shape,
-                name="moving_stddev",
-                initializer=stddev_initializer,
-                trainable=False,
-                autocast=False,
-            )
-            self.renorm_mean = self.add_weight(
-                shape=shape,
-                name="renorm_mean",
-                initializer=_clone_initializer(self.moving_mean_initializer),
-                trainable=False,
-                autocast=False,
-            )
-            self.renorm_stddev = self.add_weight(
-                shape=shape,
-                name="renorm_stddev",
-                initializer=stddev_initializer,
-                trainable=False,
-                autocast=False,
-            )
-            if self.renorm_warmup is not None:
-                self.renorm_step = self.add_weight(
-                    shape=(),
-                    name="renorm_step",
-                    initializer="zeros",
-                    dtype="float32",
-                    trainable=False,
-                    autocast=False,
-                )
+            state += [
+                ("moving_stddev", stddev_initializer),
+                ("renorm_mean", _clone_initializer(self.moving_mean_initializer)),
+                ("renorm_stddev", stddev_initializer),
+            ]
+        for name, initializer in state:
+            setattr(self, name, self._state_weight(name, shape, initializer))
+        if self.renorm_warmup is not None:
+            self.renorm_step = self._state_weight("renorm_step", (), "zeros", dtype="float32")
         self.input_spec = keras.layers.InputSpec(
             ndim=ndim, axes={a: input_shape[a] for a in self._feature_axes}
+        )
+
+    def _state_weight(self, name, shape, initializer, dtype=None):
+        """A non-trainable weight that is never autocast (statistics stay in the
+        variable dtype, float32 under mixed precision)."""
+        return self.add_weight(
+            shape=shape, name=name, initializer=initializer, dtype=dtype, trainable=False, autocast=False
         )
 
     # -- call ------------------------------------------------------------------------

@@ -342,3 +342,15 @@ def test_non_finite_batch_leaves_the_moving_statistics_untouched(bad):
     assert (mean[1], var[1]) == (0.0, 1.0)
     np.testing.assert_allclose(mean[[0, 2]], 0.5 * x[:, [0, 2]].mean(0), rtol=1e-5)
     assert np.isfinite(layer(_data((8, 3)))).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "mixed_float16"])
+@pytest.mark.parametrize("renorm", [False, True])
+def test_weights_mirror_keras_names_shapes_and_dtypes(dtype, renorm):
+    # Keras's BN takes an int axis only: the last axis there, two axes here.
+    theirs = keras.layers.BatchNormalization(renorm=renorm, dtype=dtype)
+    ours = kerasnorm.BatchNormalization(axis=[1, 2], renorm=renorm, dtype=dtype)
+    theirs.build((4, 5, 3))
+    ours.build((4, 5, 3))
+    assert [(w.name, w.dtype) for w in ours.weights] == [(w.name, w.dtype) for w in theirs.weights]
+    assert all(w.shape == (5, 3) for w in ours.weights)
