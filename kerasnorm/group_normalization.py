@@ -7,6 +7,7 @@ import numbers
 import keras
 from keras import ops
 
+from kerasnorm import kernels
 from kerasnorm import moments as M
 from kerasnorm._common import AffineMixin, positive_float
 
@@ -25,8 +26,10 @@ class GroupNormalization(AffineMixin, keras.layers.Layer):
 
     The arguments, defaults, weights (`gamma`, `beta`, shape `(channels,)`, in that
     order), saved files and numbers are those of Keras's layer; the statistics are always
-    computed in float32 (float64 for float64 inputs) with the corrected two-pass
-    algorithm of `kerasnorm.moments`, also for float16/bfloat16 inputs.
+    computed in float32 (float64 for float64 inputs) with two passes, also for
+    float16/bfloat16 inputs: the corrected two pass of `kerasnorm.moments`, except
+    inside XLA (`jit_compile=True`), where the plain two pass is faster (see
+    `kerasnorm.kernels.plain_normalize`).
 
     What kerasnorm adds: a mask over leading axes (e.g. `(batch, time)` for padded
     sequences, as from `Embedding(mask_zero=True)`) keeps masked positions out of the
@@ -136,6 +139,13 @@ class GroupNormalization(AffineMixin, keras.layers.Layer):
                 "The mask must not cover the channel axis. "
                 f"Received: mask.shape={tuple(mask.shape)}, axis={self.axis}"
             )
+
+        if axis == ndim - 1 and kernels.available(x, (axis,), weights, False):
+            shape = (inputs.shape[axis],)
+            gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones(shape)
+            beta = ops.cast(self.beta, dtype) if self.center else ops.zeros(shape)
+            outputs = kernels.group_norm(x, gamma, beta, self.epsilon, groups)
+            return ops.cast(outputs, self.compute_dtype)
 
         # (..., channels, ...) -> (..., groups, channels // groups, ...): the group axis
         # is kept, everything else but the batch is reduced.

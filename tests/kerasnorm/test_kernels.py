@@ -6,6 +6,7 @@ passing an all-ones mask, which changes no number.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -73,6 +74,47 @@ def test_layer_norm_fast_path_matches_reference(jit, axis):
     slow = _grads(ref, tf.constant(x.astype("float64")), None, True, jit)
     for a, b in zip(_grads(fast, tf.constant(x), None, True, jit), slow):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("shape,groups", [((3, 4, 5, 8), 4), ((6, 8), 2), ((3, 7, 6), -1)])
+def test_group_norm_fast_path_matches_reference(shape, groups, jit):
+    x = tf.constant((RNG.normal(size=shape) * 2 + 3).astype("float32"))
+    fast, ref = _pair(kerasnorm.GroupNormalization, shape, groups=groups)
+    ones = tf.ones(shape[:1], bool)  # a mask forces the reference path
+    for a, b in zip(_grads(fast, x, None, True, jit), _grads(ref, x, ones, True, jit)):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls,kwargs", [("LayerNormalization", {}), ("GroupNormalization", {"groups": 2})])
+def test_per_sample_fast_path_outside_xla_is_exact_at_a_large_mean(cls, kwargs):
+    # Mean 1e4 standard deviations: the corrected statistics and the deviations from the
+    # first-pass mean keep the output within float32 rounding of the float64 answer.
+    x = (1e4 + RNG.normal(size=(8, 16, 8))).astype("float32")
+    layer = getattr(kerasnorm, cls)(epsilon=1e-6, **kwargs)
+    out = tf.function(layer)(tf.constant(x)).numpy()
+    x64 = x.astype(np.float64)
+    if cls == "LayerNormalization":
+        mu, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+        expected = (x64 - mu) / np.sqrt(var + 1e-6)
+    else:
+        g = x64.reshape(8, 16, 2, 4)
+        mu, var = g.mean((1, 3), keepdims=True), g.var((1, 3), keepdims=True)
+        expected = ((g - mu) / np.sqrt(var + 1e-6)).reshape(x.shape)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,kwargs", [("LayerNormalization", {}), ("GroupNormalization", {"groups": 4})])
+def test_per_sample_fast_path_under_xla_computes_as_keras(cls, kwargs):
+    shape = (4, 6, 8)
+    x = tf.constant((RNG.normal(size=shape) * 2 + 3).astype("float32"))
+    ours, theirs = getattr(kerasnorm, cls)(**kwargs), getattr(keras.layers, cls)(**kwargs)
+    for layer in (ours, theirs):
+        layer.build(shape)
+    theirs.set_weights([RNG.normal(size=w.shape).astype("float32") for w in theirs.weights])
+    ours.set_weights(theirs.get_weights())
+    for a, b in zip(_grads(ours, x, None, True, True), _grads(theirs, x, None, True, True)):
+        assert_close(a, b, rel=1e-6)
 
 
 def test_fused_kernel_falls_back_when_the_mean_dwarfs_the_spread():
