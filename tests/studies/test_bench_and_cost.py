@@ -21,10 +21,20 @@ def test_bench_writes_its_table_and_figure(tmp_path):
     assert all(r["kerasnorm_ms"] > 0 and r["keras_ms"] > 0 and r["ratio"] > 0 for r in result["table"])
     assert {r["block"] for r in result["folding"]} == {"conv + BN", "dense + BN"}
     assert [(r["workers"], r["runs"]) for r in result["throughput"]] == [(1, 4), (2, 4)]
+    assert all(r["steady_runs_per_min"] > 0 for r in result["throughput"])
+    assert result["throughput"][1]["met"] == (result["throughput"][1]["speedup_vs_1"] >= bench.TARGET_SPEEDUP_2_WORKERS)
     paths = bench.figures(result, tmp_path / "figures")
     assert [p.suffix for p in paths] == [".png", ".svg", ".csv"]
     plotted = pandas.read_csv(paths[2])
     assert len(plotted) == len(result["table"])
+
+
+def test_steady_rate_leaves_out_each_workers_first_run():
+    # 2 workers, start-up 10 s, then a run every 2 s per worker: 60 runs/min in steady state.
+    arrivals = [10, 10.5, 12, 12.5, 14, 14.5]
+    assert bench.steady_rate(arrivals, 2) == pytest.approx(60 * 4 / 4.0)
+    assert bench.steady_rate(arrivals, 1) == pytest.approx(60 * 5 / 4.5)
+    assert np.isnan(bench.steady_rate(arrivals[:2], 2))
 
 
 def test_bench_rejects_a_bad_repeat_count(capsys):
