@@ -279,11 +279,7 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
         weights = M.mask_weights(mask, x)
         train = bool(training) and self.trainable
         plain = self.virtual_batch_size is None and not self.renorm
-        if (
-            plain
-            and kernels.available(x, self._feature_axes, weights if train else None, self.synchronized)
-            and (kernels.worthwhile(x) or not train)
-        ):
+        if plain and kernels.available(x, self._feature_axes, weights if train else None, self.synchronized):
             outputs = self._call_fast(x, train)
         elif train:
             outputs = self._call_train(x, weights, ndim)

@@ -1,18 +1,18 @@
 """Fast paths for the commonest case: one feature axis, last, no mask, one replica.
 
 The maths is that of `moments.py` (float32 statistics, two passes with correction,
-subtract-the-mean-first normalization), except for layer and group norm under XLA (the
+subtract-the-mean-first normalization), except for training statistics under XLA (the
 plain two pass, see `plain_normalize`); what changes is how many passes over the data
 the backend makes. Tests check every path here against `moments.py` and Keras.
 
 - `closed_form_normalize`: statistics over rows or columns of a 2-D view, with the
   closed-form backward pass of Ioffe & Szegedy (2015) through `tf.custom_gradient`
-  instead of differentiating each elementwise op. Under XLA the forward is one fused
-  reduction and one elementwise pass, the backward likewise.
+  instead of differentiating each elementwise op, outside XLA on small tensors.
 - `layer_norm` and `group_norm` outside XLA: the corrected two pass and a closed-form
-  backward (`per_sample_closed_form`) on a `(rows, positions, groups, channels)` view;
-  under XLA, the plain two pass (`plain_normalize`), which XLA fuses and differentiates
-  faster than anything written around it.
+  backward (`per_sample_closed_form`) on a `(rows, positions, groups, channels)` view.
+- Under XLA, layer norm, group norm and batch norm in training: the plain two pass
+  (`plain_normalize`), which XLA fuses and differentiates faster than anything written
+  around it.
 - `batch_norm_train` outside XLA, on large tensors: TensorFlow's fused batch-norm kernel,
   which reads the input twice forward and twice backward. Its float32 mean accumulates rounding of
   order 1e-7 times the mean; when the mean is large against the spread (over
@@ -31,6 +31,10 @@ _FUSED_MAX_MEAN_TO_STD = 30.0
 #: 2**17 elements the closed form is faster (measured: (256, 100) 0.6 ms closed form vs
 #: 1.2 ms fused; (1024, 256) 3.3 ms vs 1.8 ms).
 _FUSED_MIN_ELEMENTS = 2**17
+#: At inference the fused kernel is one pass against the plain form's three, but its
+#: fixed cost repays only from about 2**18 elements (measured, tf.function: (256, 512)
+#: 1.24x Keras's time fused vs 1.00x plain; (1024, 512) 0.88x vs 1.13x).
+_FUSED_INFERENCE_MIN_ELEMENTS = 2**18
 #: When the batch size is unknown at trace time, decide on the elements per sample.
 _FUSED_MIN_ELEMENTS_PER_SAMPLE = 4096
 
@@ -137,8 +141,13 @@ def batch_norm_train(x, gamma, beta, epsilon):
     import tensorflow as tf
 
     x2 = tf.reshape(x, (-1, x.shape[-1]))
-    if in_xla() or not _large(x):
-        # Small, or under XLA (which fuses the closed form into few passes).
+    if in_xla():
+        # XLA fuses the plain form over the 2-D view best (measured, training: conv
+        # shape 0.31x Keras's time, against 0.47x for the closed form; (4096, 512)
+        # 0.98x against 1.63x).
+        y, mean, variance = plain_normalize(x2, (0,), gamma, beta, epsilon)
+        mean, variance = tf.stop_gradient(mean[0]), tf.stop_gradient(variance[0])
+    elif not _large(x):
         y, mean, variance = _closed_form_over_rows(x2, gamma, beta, epsilon)
     else:
         y, mean, variance = _fused(x2, gamma, beta, epsilon)
@@ -152,21 +161,14 @@ def batch_norm_train(x, gamma, beta, epsilon):
     return tf.reshape(y, tf.shape(x)), mean, variance
 
 
-def _large(x):
+def _large(x, min_elements=_FUSED_MIN_ELEMENTS):
     """Whether `x` is large enough for the fused kernel to pay off (static shapes)."""
     per_sample = 1
     for d in x.shape[1:]:
         per_sample *= d
     if x.shape[0] is None:
         return per_sample >= _FUSED_MIN_ELEMENTS_PER_SAMPLE
-    return per_sample * x.shape[0] >= _FUSED_MIN_ELEMENTS
-
-
-def worthwhile(x):
-    """Whether the fast path beats the reference path for `x`. Under XLA on small
-    tensors, XLA's own fusion of the reference path is faster than the custom gradient
-    (measured, (256, 512) training: 0.98 ms reference, 1.13 ms closed form)."""
-    return not in_xla() or _large(x)
+    return per_sample * x.shape[0] >= min_elements
 
 
 def _sum_positions(t):
@@ -210,8 +212,14 @@ def per_sample_closed_form(x4, gamma, beta, epsilon):
         variance = tf.maximum(_sum_group(tf.square(d)) / n - tf.square(first), 0.0)
         inv = tf.math.rsqrt(variance + epsilon)
         a = inv * gamma
-        # (d - first) * a + beta with one pass fewer: d and first are small, nothing cancels.
-        y = d * a + (beta - first * a)
+        if x4.shape[1] == 1:
+            # One position per row (layer norm): `a` would be a full-size tensor, and
+            # four full-size passes beat its five.
+            y = (d - first) * inv * gamma + beta
+        else:
+            # (d - first) * a + beta with one pass fewer, `a` being small: d and first
+            # are small, nothing cancels.
+            y = d * a + (beta - first * a)
 
         def grad(dy):
             q = _sum_positions(dy)
@@ -233,6 +241,7 @@ def per_sample_closed_form(x4, gamma, beta, epsilon):
 def plain_normalize(x, axes, gamma, beta, epsilon):
     """The plain two pass over `axes` (mean, then the mean squared deviation from it),
     differentiated by the backend; `gamma`/`beta` broadcast against `x`. For XLA.
+    Returns `(y, mean, variance)`, the statistics with the reduced axes kept.
 
     XLA fuses each reduction with its elementwise producer, but neither sibling
     reductions with each other nor across a conditional: the correction of `moments.py`
@@ -252,7 +261,7 @@ def plain_normalize(x, axes, gamma, beta, epsilon):
     a = tf.math.rsqrt(variance + epsilon) * gamma
     # XLA fuses the expression into one pass whatever its form; this form's gradient it
     # fuses best. Its rounding, ~1e-7 of mean / std, is below that of the plain mean.
-    return x * a + (beta - mean * a)
+    return x * a + (beta - mean * a), mean, variance
 
 
 def layer_norm(x, gamma, beta, epsilon, num_axes=1):
@@ -262,7 +271,7 @@ def layer_norm(x, gamma, beta, epsilon, num_axes=1):
 
     ndim = len(x.shape)
     if in_xla():
-        return plain_normalize(x, tuple(range(ndim - num_axes, ndim)), gamma, beta, epsilon)
+        return plain_normalize(x, tuple(range(ndim - num_axes, ndim)), gamma, beta, epsilon)[0]
     columns = 1
     for d in x.shape[ndim - num_axes:]:
         columns *= d
@@ -284,7 +293,7 @@ def group_norm(x, gamma, beta, epsilon, groups):
         # in one reduction, as fast as the 4-D view's two.
         gx = tf.reshape(x, tf.concat([tf.shape(x)[:-1], split], axis=0))
         axes = tuple(range(1, ndim - 1)) + (ndim,)
-        y = plain_normalize(gx, axes, tf.reshape(gamma, split), tf.reshape(beta, split), epsilon)
+        y, _, _ = plain_normalize(gx, axes, tf.reshape(gamma, split), tf.reshape(beta, split), epsilon)
         return tf.reshape(y, tf.shape(x))
     positions = 1
     for d in x.shape[1:-1]:
@@ -300,7 +309,7 @@ def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
     one pass through the fused kernel for large tensors outside XLA."""
     import tensorflow as tf
 
-    if in_xla() or not _large(x):
+    if in_xla() or not _large(x, _FUSED_INFERENCE_MIN_ELEMENTS):
         # XLA fuses the plain form; small tensors do not repay the kernel's fixed cost.
         return (x - mean) * (tf.math.rsqrt(variance + epsilon) * gamma) + beta
     x4 = tf.reshape(x, (1, 1, -1, x.shape[-1]))

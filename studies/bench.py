@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import platform
@@ -33,24 +34,38 @@ LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMS
 TARGET_BN_CONV_TRAIN = 0.6
 #: "No slower than the built-in, within noise": a median ratio up to this counts as equal.
 NOISE_RATIO = 1.05
+#: Each timing sample lasts at least this long (several calls of a fast case).
+MIN_SAMPLE_S = 0.05
 
 
-def time_alternating(functions, repeats, warmup=2):
+def time_alternating(functions, repeats, warmup=2, min_sample_s=0.0):
     """Calls each function of the dict `functions` in turn, `repeats` times after `warmup`
     rounds (the order rotates every round so neither side always runs first); returns
     {name: [seconds per call]}. Each call must return something whose `.numpy()` forces the
-    computation to finish."""
+    computation to finish.
+
+    With `min_sample_s`, each sample times as many consecutive calls as bring the slowest
+    function to that duration (the count fixed after the warm-up, the same for every
+    function) and reports the time per call: sub-millisecond calls then measure above
+    the timer's and the scheduler's jitter, as `timeit` does.
+    """
     names = list(functions)
+    slowest = 0.0
     for _ in range(warmup):
+        slowest = 0.0  # the last round's: the first carries tracing and compilation
         for fn in functions.values():
+            start = time.perf_counter()
             _block(fn())
+            slowest = max(slowest, time.perf_counter() - start)
+    number = max(1, math.ceil(min_sample_s / slowest)) if min_sample_s and slowest > 0 else 1
     times = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             start = time.perf_counter()
-            _block(functions[name]())
-            times[name].append(time.perf_counter() - start)
+            for _ in range(number):
+                _block(functions[name]())
+            times[name].append((time.perf_counter() - start) / number)
     return times
 
 
@@ -132,12 +147,12 @@ def bench_layers(shapes, repeats):
     for shape_name, shape in shapes.items():
         x = tf.random.stateless_normal(shape, seed=(1, 2))
         for xla in (False, True):
-            floor = time_alternating({"floor": _floor(x, xla)}, repeats)["floor"]
+            floor = time_alternating({"floor": _floor(x, xla)}, repeats, min_sample_s=MIN_SAMPLE_S)["floor"]
             for layer_name in LAYERS:
                 for train in (False, True):
                     pair = _layer_pair(layer_name, shape)
                     fns = {k: _step(layer, x, train, xla) for k, layer in pair.items()}
-                    times = time_alternating(fns, repeats)
+                    times = time_alternating(fns, repeats, min_sample_s=MIN_SAMPLE_S)
                     ratio = median_ratio(times["kerasnorm"], times["keras"])
                     target = (
                         TARGET_BN_CONV_TRAIN
@@ -183,7 +198,7 @@ def bench_folding(shapes, repeats):
         models["folded"] = kerasnorm.fold_batch_norm(models["kerasnorm"])
         for xla in (False, True):
             fns = {name: tf.function(lambda m=m: m(x, training=False), jit_compile=xla) for name, m in models.items()}
-            times = time_alternating(fns, repeats)
+            times = time_alternating(fns, repeats, min_sample_s=MIN_SAMPLE_S)
             rows.append(
                 {
                     "block": f"{block_name} + BN",
@@ -274,8 +289,9 @@ def _row_text(r):
 
 DESCRIPTION = (
     "Median time of one call and the median of pairwise time ratios (kerasnorm / Keras), "
-    "alternating the two in one process; `floor_ms` is one elementwise pass over the same "
-    "tensor. Targets (issue 6): BatchNormalization training on the conv shape at most "
+    "alternating the two in one process, each sample at least "
+    f"{int(MIN_SAMPLE_S * 1000)} ms long (consecutive calls of a fast case, time per call "
+    "reported); `floor_ms` is one elementwise pass over the same tensor. Targets (issue 6): BatchNormalization training on the conv shape at most "
     f"{TARGET_BN_CONV_TRAIN}x the built-in's time; every other case no slower than the "
     f"built-in within noise (ratio <= {NOISE_RATIO})."
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas
@@ -58,6 +59,20 @@ def test_time_alternating_rotates_and_counts():
     assert [len(t) for t in times.values()] == [3, 3]
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+
+    # A minimum sample length: each sample repeats the calls, the same count for both.
+    calls.clear()
+    times = bench.time_alternating({"a": make("a"), "b": make("b")}, repeats=2, warmup=1, min_sample_s=1e-9)
+    assert calls == ["a", "b", "a", "b", "b", "a"]  # fast calls: one per sample already
+    calls.clear()
+
+    def slow(name):
+        return lambda: calls.append(name) or time.sleep(0.002) or Done()
+
+    times = bench.time_alternating({"a": slow("a"), "b": slow("b")}, repeats=2, warmup=1, min_sample_s=0.05)
+    k = calls[2:].count("a") // 2
+    assert k >= 2 and calls[2:] == ["a"] * k + ["b"] * k + ["b"] * k + ["a"] * k
+    assert all(0.002 <= t < 0.02 for ts in times.values() for t in ts)  # per call, not per sample
 
 
 def _rows(layer_over_batch, keras_ratio, seeds=5):
