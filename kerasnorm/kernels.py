@@ -199,7 +199,8 @@ def per_sample_closed_form(x4, gamma, beta, epsilon):
     the first-pass mean serve the output and the backward pass. Gradients go through the
     closed form `dx = inv * (g - mean(g) - x_hat * mean(g * x_hat))`, `g = dy * gamma`,
     with every group mean assembled from per-channel sums over the positions
-    (`P = sum(dy * d)`, `Q = sum(dy)`), which also give `dgamma` and `dbeta`.
+    (`P = sum(dy * d)`, `Q = sum(dy)`), which also give `dgamma` and `dbeta` (rows of
+    one position: `_one_position`).
     """
     import tensorflow as tf
 
@@ -211,19 +212,16 @@ def per_sample_closed_form(x4, gamma, beta, epsilon):
         first = _sum_group(d) / n
         variance = tf.maximum(_sum_group(tf.square(d)) / n - tf.square(first), 0.0)
         inv = tf.math.rsqrt(variance + epsilon)
-        a = inv * gamma
         if x4.shape[1] == 1:
-            # One position per row (layer norm): `a` would be a full-size tensor, and
-            # four full-size passes beat its five.
-            y = (d - first) * inv * gamma + beta
-        else:
-            # (d - first) * a + beta with one pass fewer, `a` being small: d and first
-            # are small, nothing cancels.
-            y = d * a + (beta - first * a)
+            return _one_position(d, first, inv, gamma, beta)
+        a = inv * gamma
+        # (d - first) * a + beta with one pass fewer, `a` being small: d and first are
+        # small, nothing cancels.
+        y = d * a + (beta - first * a)
 
         def grad(dy):
-            q = _sum_positions(dy)
-            p = _sum_positions(dy * d)
+            q = tf.reduce_sum(dy, axis=1, keepdims=True)
+            p = tf.reduce_sum(dy * d, axis=1, keepdims=True)
             mean_g = tf.reduce_sum(q * gamma, axis=3, keepdims=True) / n
             mean_gd = tf.reduce_sum(p * gamma, axis=3, keepdims=True) / n
             mean_gx = inv * (mean_gd - first * mean_g)
@@ -236,6 +234,27 @@ def per_sample_closed_form(x4, gamma, beta, epsilon):
         return y, grad
 
     return _normalize(x4, gamma, beta)
+
+
+def _one_position(d, first, inv, gamma, beta):
+    """`per_sample_closed_form`'s output and backward when each row holds one position
+    (layer norm): there the per-channel sums are the full-size tensors themselves, and
+    the closed form on `x_hat` takes fewer full-size passes (six against ten backward)."""
+    import tensorflow as tf
+
+    x_hat = (d - first) * inv
+    y = x_hat * gamma + beta
+
+    def grad(dy):
+        g = dy * gamma
+        mean_g = tf.reduce_mean(g, axis=3, keepdims=True)
+        mean_gx = tf.reduce_mean(g * x_hat, axis=3, keepdims=True)
+        dx = inv * (g - mean_g - x_hat * mean_gx)
+        dgamma = tf.reduce_sum(dy * x_hat, axis=(0, 1), keepdims=True)
+        dbeta = tf.reduce_sum(dy, axis=(0, 1), keepdims=True)
+        return dx, dgamma, dbeta
+
+    return y, grad
 
 
 def plain_normalize(x, axes, gamma, beta, epsilon):
