@@ -328,9 +328,23 @@ def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
     one pass through the fused kernel for large tensors outside XLA."""
     import tensorflow as tf
 
-    if in_xla() or not _large(x, _FUSED_INFERENCE_MIN_ELEMENTS):
-        # XLA fuses the plain form; small tensors do not repay the kernel's fixed cost.
+    if in_xla():
+        # XLA fuses the expression into one pass whatever its form.
         return (x - mean) * (tf.math.rsqrt(variance + epsilon) * gamma) + beta
+    if not _large(x, _FUSED_INFERENCE_MIN_ELEMENTS):
+        # Small tensors do not repay the fused kernel's fixed cost. Keras's form,
+        # x * a + (beta - mean * a), takes one elementwise pass fewer than subtracting
+        # the mean first and rounds to ~1e-7 * |mean| / std of the output's scale:
+        # negligible while every mean is within `_FUSED_MAX_MEAN_TO_STD` standard
+        # deviations (measured, (256, 512): 1.03x Keras's time, this check included,
+        # against 1.07x always subtracting first).
+        inv = tf.math.rsqrt(variance + epsilon)
+        a = inv * gamma
+        return tf.cond(
+            tf.reduce_all(tf.abs(mean) * inv <= _FUSED_MAX_MEAN_TO_STD),
+            lambda: x * a + (beta - mean * a),
+            lambda: (x - mean) * a + beta,
+        )
     x4 = tf.reshape(x, (1, 1, -1, x.shape[-1]))
     y, _, _ = tf.compat.v1.nn.fused_batch_norm(
         x4, gamma, beta, mean=mean, variance=variance, epsilon=epsilon, is_training=False

@@ -117,6 +117,18 @@ def test_per_sample_fast_path_under_xla_computes_as_keras(cls, kwargs):
         assert_close(a, b, rel=1e-6)
 
 
+def test_small_inference_subtracts_the_mean_first_when_it_dwarfs_the_spread():
+    # Moving mean 1.6e4 standard deviations: x * a + (beta - mean * a) rounds to 1e-3 here.
+    layer = kerasnorm.BatchNormalization(epsilon=1e-6)
+    layer.build((64, 8))
+    layer.moving_mean.assign(np.full(8, 1e4, "float32"))
+    layer.moving_variance.assign(np.full(8, 0.37, "float32"))
+    x = (1e4 + 0.6 * RNG.normal(size=(64, 8))).astype("float32")
+    out = tf.function(lambda x: layer(x, training=False))(tf.constant(x)).numpy()
+    expected = (x.astype(np.float64) - 1e4) / np.sqrt(np.float64(np.float32(0.37)) + 1e-6)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
 def test_fused_kernel_falls_back_when_the_mean_dwarfs_the_spread():
     # Mean 1e4 standard deviations: the fused kernel's float32 mean is ~1e-2 off here.
     # Large enough (2**17 elements) for the fused kernel to be chosen.
