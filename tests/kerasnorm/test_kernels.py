@@ -41,6 +41,17 @@ def _grads(layer, x, mask, training, jit):
     return [t.numpy() for t in step(x)]
 
 
+@pytest.fixture(params=[True, False], ids=["matmul", "reductions"])
+def matmul_statistics(request, monkeypatch):
+    """Runs a test with the statistics of `rows_by_matmul` (CPU, exact float32 matmuls)
+    and with the reductions taken where matmuls may round (GPUs, oneDNN's bf16 mode)."""
+    if not request.param:
+        monkeypatch.setattr(kernels, "matmul_exact", lambda: False)
+    elif not kernels.matmul_exact():
+        pytest.skip("matmuls are not exact float32 here")
+    return request.param
+
+
 def _pair(cls, shape, **kwargs):
     fast, ref = cls(**kwargs), cls(**kwargs)
     for layer in (fast, ref):
@@ -66,7 +77,7 @@ def test_batch_norm_fast_path_matches_reference(shape, training, jit):
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("axis", [-1, [1, 2]])
-def test_layer_norm_fast_path_matches_reference(jit, axis):
+def test_layer_norm_fast_path_matches_reference(jit, axis, matmul_statistics):
     shape = (3, 5, 8)
     x = (RNG.normal(size=shape) * 2 + 3).astype("float32")
     fast, ref = _pair(kerasnorm.LayerNormalization, shape, axis=axis)
@@ -78,7 +89,7 @@ def test_layer_norm_fast_path_matches_reference(jit, axis):
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("shape,groups", [((3, 4, 5, 8), 4), ((6, 8), 2), ((3, 7, 6), -1)])
-def test_group_norm_fast_path_matches_reference(shape, groups, jit):
+def test_group_norm_fast_path_matches_reference(shape, groups, jit, matmul_statistics):
     x = tf.constant((RNG.normal(size=shape) * 2 + 3).astype("float32"))
     fast, ref = _pair(kerasnorm.GroupNormalization, shape, groups=groups)
     ones = tf.ones(shape[:1], bool)  # a mask forces the reference path
@@ -87,7 +98,7 @@ def test_group_norm_fast_path_matches_reference(shape, groups, jit):
 
 
 @pytest.mark.parametrize("cls,kwargs", [("LayerNormalization", {}), ("GroupNormalization", {"groups": 2})])
-def test_per_sample_fast_path_outside_xla_is_exact_at_a_large_mean(cls, kwargs):
+def test_per_sample_fast_path_outside_xla_is_exact_at_a_large_mean(cls, kwargs, matmul_statistics):
     # Mean 1e4 standard deviations: the corrected statistics and the deviations from the
     # first-pass mean keep the output within float32 rounding of the float64 answer.
     x = (1e4 + RNG.normal(size=(8, 16, 8))).astype("float32")
@@ -102,6 +113,27 @@ def test_per_sample_fast_path_outside_xla_is_exact_at_a_large_mean(cls, kwargs):
         mu, var = g.mean((1, 3), keepdims=True), g.var((1, 3), keepdims=True)
         expected = ((g - mu) / np.sqrt(var + 1e-6)).reshape(x.shape)
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(8, 16), (8, 16, 8)])
+@pytest.mark.parametrize("cls,kwargs", [("LayerNormalization", {}), ("GroupNormalization", {"groups": 2})])
+def test_per_sample_fast_path_outside_xla_has_exact_gradients_at_a_large_mean(cls, kwargs, shape, matmul_statistics):
+    # The closed-form backward works from the deviations of the first-pass mean: at mean
+    # 1e4 standard deviations its gradients stay at float32 rounding of the float64 ones.
+    x = (1e4 + RNG.normal(size=shape)).astype("float32")
+    fast, ref = _pair(getattr(kerasnorm, cls), shape, epsilon=1e-6, **kwargs)
+    slow = _grads(ref, tf.constant(x.astype("float64")), None, True, False)
+    for a, b in zip(_grads(fast, tf.constant(x), None, True, False)[1:], slow[1:]):
+        assert_close(a, b, rel=1e-5)
+
+
+@pytest.mark.parametrize("value", ["BF16", "tf32", "ANY"])
+@pytest.mark.parametrize("variable", kernels._ONEDNN_FPMATH_VARIABLES)
+def test_statistics_leave_matmuls_when_onednn_may_round_them(variable, value, monkeypatch):
+    monkeypatch.setenv(variable, value)
+    assert not kernels.matmul_exact()
+    monkeypatch.setenv(variable, "strict")
+    assert kernels.matmul_exact() == (not tf.config.list_logical_devices("GPU"))
 
 
 @pytest.mark.parametrize("cls,kwargs", [("LayerNormalization", {}), ("GroupNormalization", {"groups": 4})])
