@@ -37,8 +37,8 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
     The constructor arguments, defaults, weights, saved files and numbers are those of
     `keras.layers.BatchNormalization`. What kerasnorm adds:
 
-    - statistics always in float32 (float64 for float64 inputs) with two passes, masked,
-      and exact across `tf.distribute` replicas with `synchronized=True`;
+    - statistics always in float32 (float64 in a layer of `dtype="float64"`) with two
+      passes, masked, and exact across `tf.distribute` replicas with `synchronized=True`;
     - masks covering any leading axes; a batch with no valid element, or whose statistics
       are not finite, leaves the moving statistics untouched (per feature);
     - `axis` may be a list (e.g. per channel and position);

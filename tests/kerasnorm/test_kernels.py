@@ -35,7 +35,7 @@ def _grads(layer, x, mask, training, jit):
             if mask is not None:
                 kwargs["mask"] = mask
             y = layer(x, **kwargs)
-            loss = tf.reduce_sum(tf.sin(y) * tf.range(1.0, y.shape[-1] + 1.0))
+            loss = tf.reduce_sum(tf.sin(y) * tf.range(1.0, y.shape[-1] + 1.0, dtype=y.dtype))
         return [y] + tape.gradient(loss, [x] + layer.trainable_weights)
 
     return [t.numpy() for t in step(x)]
@@ -64,7 +64,7 @@ def _pair(cls, shape, **kwargs):
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("shape", [(6, 4, 4, 3), (32, 5), (4, 7, 6), (64, 2048)])  # the last: fused kernel
-def test_batch_norm_fast_path_matches_reference(shape, training, jit):
+def test_batch_norm_fast_path_matches_reference(shape, training, jit, matmul_statistics):
     x = tf.constant((RNG.normal(size=shape) * 2 + 3).astype("float32"))
     assert kernels.available(x, (len(shape) - 1,), None, False)
     fast, ref = _pair(kerasnorm.BatchNormalization, shape, momentum=0.7)
@@ -116,14 +116,23 @@ def test_per_sample_fast_path_outside_xla_is_exact_at_a_large_mean(cls, kwargs, 
 
 
 @pytest.mark.parametrize("shape", [(8, 16), (8, 16, 8)])
-@pytest.mark.parametrize("cls,kwargs", [("LayerNormalization", {}), ("GroupNormalization", {"groups": 2})])
-def test_per_sample_fast_path_outside_xla_has_exact_gradients_at_a_large_mean(cls, kwargs, shape, matmul_statistics):
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [("LayerNormalization", {}), ("GroupNormalization", {"groups": 2}), ("BatchNormalization", {})],
+)
+def test_fast_paths_outside_xla_have_exact_gradients_at_a_large_mean(cls, kwargs, shape, matmul_statistics):
     # The closed-form backward works from the deviations of the first-pass mean: at mean
     # 1e4 standard deviations its gradients stay at float32 rounding of the float64 ones.
     x = (1e4 + RNG.normal(size=shape)).astype("float32")
-    fast, ref = _pair(getattr(kerasnorm, cls), shape, epsilon=1e-6, **kwargs)
-    slow = _grads(ref, tf.constant(x.astype("float64")), None, True, False)
-    for a, b in zip(_grads(fast, tf.constant(x), None, True, False)[1:], slow[1:]):
+    fast = getattr(kerasnorm, cls)(epsilon=1e-6, **kwargs)
+    slow = getattr(kerasnorm, cls)(epsilon=1e-6, dtype="float64", **kwargs)  # moments.py in float64
+    for layer in (fast, slow):
+        layer.build(shape)
+    fast.set_weights([RNG.normal(size=w.shape).astype("float32") ** 2 for w in fast.weights])
+    slow.set_weights(fast.get_weights())
+    expected = _grads(slow, tf.constant(x, tf.float64), None, True, False)
+    for a, b in zip(_grads(fast, tf.constant(x), None, True, False), expected):
+        assert a.dtype == np.float32 and b.dtype == np.float64
         assert_close(a, b, rel=1e-5)
 
 
@@ -161,7 +170,7 @@ def test_small_inference_subtracts_the_mean_first_when_it_dwarfs_the_spread():
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
-def test_fused_kernel_falls_back_when_the_mean_dwarfs_the_spread():
+def test_fused_kernel_falls_back_when_the_mean_dwarfs_the_spread(matmul_statistics):
     # Mean 1e4 standard deviations: the fused kernel's float32 mean is ~1e-2 off here.
     # Large enough (2**17 elements) for the fused kernel to be chosen.
     x = tf.constant((1e4 + RNG.normal(size=(128, 32, 8, 4))).astype("float32"))
