@@ -29,6 +29,7 @@ Only the TensorFlow backend has these paths; `available()` tells the layers.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 _FUSED_MAX_MEAN_TO_STD = 30.0
 #: The fused kernel has a fixed cost of a few hundred microseconds on CPU; below about
@@ -351,47 +352,58 @@ def rows_by_matmul(x2, gamma, beta, epsilon, groups=1):
     channels = x2.shape[1]
     size = channels // groups
     # (channels, groups): 1 / size where the channel belongs to the group.
-    to_mean = tf.one_hot(tf.range(channels) // size, groups) / size
-    view = (-1, groups, size)
+    to_mean = tf.constant(np.repeat(np.eye(groups, dtype=np.float32) / size, size, axis=0))
+    # One group (layer norm) works on `x2` itself, statistics of shape (rows, 1); several
+    # on a (rows, groups, size) view, statistics (rows, groups, 1). Reshapes only there:
+    # each is a graph op to trace.
+    if groups == 1:
+        view = flat = stat = lambda t: t
+    else:
+
+        def view(t):
+            return tf.reshape(t, (-1, groups, size))
+
+        def flat(t):
+            return tf.reshape(t, (-1, channels))
+
+        def stat(t):
+            return tf.reshape(t, (-1, groups, 1))
 
     def group_mean(t, weights=to_mean):
-        return tf.reshape(tf.matmul(tf.reshape(t, (-1, channels)), weights), (-1, groups, 1))
+        return stat(tf.matmul(flat(t), weights))
 
-    def over_rows(t, per_row=None):
+    def over_rows(t, per_row):
         """sum_r per_row[r, group of c] * t[r, c], shape (channels,)."""
-        if per_row is None or groups > 1:
-            # Several groups: scale first; a (groups, channels) product would cost
-            # `groups` multiply-adds per element (measured slower at 8 groups).
-            t = t if per_row is None else t * per_row
-            per_row = tf.ones((tf.shape(t)[0], 1))
-        s = tf.matmul(tf.reshape(per_row, (-1, 1)), tf.reshape(t, (-1, channels)), transpose_a=True)
-        return tf.reshape(s, (channels,))
+        if groups > 1:
+            # Scale first: a (groups, channels) product would cost `groups`
+            # multiply-adds per element (measured slower at 8 groups).
+            t, per_row = t * per_row, tf.ones_like(per_row[:, 0])
+        return tf.reshape(tf.matmul(per_row, flat(t), transpose_a=True), (channels,))
 
     @tf.custom_gradient
-    def _normalize(x3, gamma, beta):
-        gamma3, beta3 = tf.reshape(gamma, (1, groups, size)), tf.reshape(beta, (1, groups, size))
-        shift = group_mean(x3)
-        d = x3 - shift
+    def _normalize(x, gamma, beta):
+        shift = group_mean(x)
+        d = x - shift
         first = group_mean(d)
         variance = tf.maximum(group_mean(tf.square(d)) - tf.square(first), 0.0)
         inv = tf.math.rsqrt(variance + epsilon)
-        y = (d - first) * inv * gamma3 + beta3
+        y = (d - first) * inv * view(gamma) + view(beta)
 
         def grad(dy):
             dy_d = dy * d
-            gamma_mean = to_mean * tf.reshape(gamma, (channels, 1))
+            gamma_mean = to_mean * gamma[:, None]
             mean_g = group_mean(dy, gamma_mean)
             mean_gd = group_mean(dy_d, gamma_mean)
             # x_hat * inv * mean(g * x_hat) = (d - first) * b
             b = inv * inv * inv * (mean_gd - first * mean_g)
-            dx = dy * gamma3 * inv - (d * b + (inv * mean_g - b * first))
+            dx = dy * view(gamma) * inv - (d * b + (inv * mean_g - b * first))
             dgamma = over_rows(dy_d, inv) - over_rows(dy, first * inv)
-            dbeta = over_rows(dy)
+            dbeta = over_rows(dy, tf.ones_like(inv))
             return dx, dgamma, dbeta
 
         return y, grad
 
-    return tf.reshape(_normalize(tf.reshape(x2, view), gamma, beta), tf.shape(x2))
+    return flat(_normalize(view(x2), gamma, beta))
 
 
 def plain_normalize(x, axes, gamma, beta, epsilon):
@@ -458,7 +470,8 @@ def group_norm(x, gamma, beta, epsilon, groups):
     for d in x.shape[1:-1]:
         positions = -1 if d is None else positions * d
     if positions == 1 and matmul_exact():
-        return rows_by_matmul(x, gamma, beta, epsilon, groups)
+        y = rows_by_matmul(tf.reshape(x, (-1, x.shape[-1])), gamma, beta, epsilon, groups)
+        return tf.reshape(y, tf.shape(x))
     x4 = tf.reshape(x, (tf.shape(x)[0], max(positions, -1)) + split)
     shape = (1, 1) + split
     y = per_sample_closed_form(x4, tf.reshape(gamma, shape), tf.reshape(beta, shape), epsilon)

@@ -88,7 +88,7 @@ def test_layer_norm_fast_path_matches_reference(jit, axis, matmul_statistics):
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-@pytest.mark.parametrize("shape,groups", [((3, 4, 5, 8), 4), ((6, 8), 2), ((3, 7, 6), -1)])
+@pytest.mark.parametrize("shape,groups", [((3, 4, 5, 8), 4), ((6, 8), 2), ((5, 1, 8), 4), ((3, 7, 6), -1)])
 def test_group_norm_fast_path_matches_reference(shape, groups, jit, matmul_statistics):
     x = tf.constant((RNG.normal(size=shape) * 2 + 3).astype("float32"))
     fast, ref = _pair(kerasnorm.GroupNormalization, shape, groups=groups)
