@@ -32,7 +32,9 @@ TINY_SHAPES = {"conv": (4, 4, 4, 8), "dense": (8, 16), "sequence": (2, 4, 8)}
 LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
 #: Targets of issue 6: kerasnorm / Keras time ratio, at most.
 TARGET_BN_CONV_TRAIN = 0.6
-#: "No slower than the built-in, within noise": a median ratio up to this counts as equal.
+#: "No slower than the built-in, within noise": a median ratio up to this counts as equal,
+#: or up to the largest difference between two copies of the same Keras layer timed the
+#: same way in the same run (`noise_band`), when that is larger.
 NOISE_RATIO = 1.05
 #: Each timing sample lasts at least this long (several calls of a fast case).
 MIN_SAMPLE_S = 0.05
@@ -94,13 +96,17 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, TensorFlow {tf.__version__}"
 
 
-def _layer_pair(name, shape):
+def _layer_pair(name, shape, control=False):
+    """{"keras": ..., "kerasnorm": ...} built for `shape`; with `control`, also
+    "keras_again", a second Keras layer (the A/A control of `noise_band`)."""
     import keras
 
     import kerasnorm
 
     kwargs = {"groups": 8} if name == "GroupNormalization" else {}
     pair = {"keras": getattr(keras.layers, name)(**kwargs), "kerasnorm": getattr(kerasnorm, name)(**kwargs)}
+    if control:
+        pair["keras_again"] = getattr(keras.layers, name)(**kwargs)
     for layer in pair.values():
         layer.build(shape)
     return pair
@@ -139,8 +145,19 @@ def _floor(x, xla):
     return elementwise
 
 
+def noise_band(rows):
+    """The ratio up to which kerasnorm counts as no slower than Keras: `NOISE_RATIO`, or
+    the largest factor by which two copies of the same Keras layer differed in `rows`
+    (`keras_vs_keras`, either way), whichever is larger. Identical computations compiled
+    twice differ by a few percent on CPU, most under XLA; a kerasnorm ratio inside that
+    spread is not a measured slowdown."""
+    spread = [max(r["keras_vs_keras"], 1 / r["keras_vs_keras"]) for r in rows if r.get("keras_vs_keras")]
+    return max([NOISE_RATIO] + spread)
+
+
 def bench_layers(shapes, repeats):
-    """Rows: one per (shape, layer, mode, compilation)."""
+    """Rows: one per (shape, layer, mode, compilation). Each case also times a second
+    copy of the Keras layer (`keras_vs_keras`); the equal-speed target is `noise_band`."""
     import tensorflow as tf
 
     rows = []
@@ -150,14 +167,14 @@ def bench_layers(shapes, repeats):
             floor = time_alternating({"floor": _floor(x, xla)}, repeats, min_sample_s=MIN_SAMPLE_S)["floor"]
             for layer_name in LAYERS:
                 for train in (False, True):
-                    pair = _layer_pair(layer_name, shape)
+                    pair = _layer_pair(layer_name, shape, control=True)
                     fns = {k: _step(layer, x, train, xla) for k, layer in pair.items()}
                     times = time_alternating(fns, repeats, min_sample_s=MIN_SAMPLE_S)
                     ratio = median_ratio(times["kerasnorm"], times["keras"])
                     target = (
                         TARGET_BN_CONV_TRAIN
                         if (layer_name, shape_name, train) == ("BatchNormalization", "conv", True)
-                        else NOISE_RATIO
+                        else None  # the noise band, known once every case has run
                     )
                     rows.append(
                         {
@@ -169,11 +186,16 @@ def bench_layers(shapes, repeats):
                             "kerasnorm_ms": 1e3 * statistics.median(times["kerasnorm"]),
                             "floor_ms": 1e3 * statistics.median(floor),
                             "ratio": ratio,
+                            "keras_vs_keras": median_ratio(times["keras_again"], times["keras"]),
                             "target": target,
-                            "met": ratio <= target,
                         }
                     )
                     print(_row_text(rows[-1]), flush=True)
+    band = round(noise_band(rows), 3)
+    for r in rows:
+        r["target"] = band if r["target"] is None else r["target"]
+        r["met"] = bool(r["ratio"] <= r["target"])
+        r["met_at_fixed_ratio"] = bool(r["ratio"] <= min(r["target"], NOISE_RATIO))
     return rows
 
 
@@ -281,9 +303,11 @@ def bench_throughput(executor, tiny):
 
 
 def _row_text(r):
+    target = "noise band" if r["target"] is None else r["target"]
     return (
         f"{r['shape']:8s} {r['layer']:19s} {r['mode']:14s} xla={str(r['xla']):5s} keras {r['keras_ms']:8.2f} ms"
-        f"  kerasnorm {r['kerasnorm_ms']:8.2f} ms  ratio {r['ratio']:.2f} (target <= {r['target']})"
+        f"  kerasnorm {r['kerasnorm_ms']:8.2f} ms  ratio {r['ratio']:.3f} (target <= {target}),"
+        f" keras/keras {r['keras_vs_keras']:.3f}"
     )
 
 
@@ -291,9 +315,15 @@ DESCRIPTION = (
     "Median time of one call and the median of pairwise time ratios (kerasnorm / Keras), "
     "alternating the two in one process, each sample at least "
     f"{int(MIN_SAMPLE_S * 1000)} ms long (consecutive calls of a fast case, time per call "
-    "reported); `floor_ms` is one elementwise pass over the same tensor. Targets (issue 6): BatchNormalization training on the conv shape at most "
+    "reported); `floor_ms` is one elementwise pass over the same tensor. Each case also "
+    "times a second copy of the Keras layer, alternating with the other two: "
+    "`keras_vs_keras` is its median ratio to the first, the spread between identical "
+    "computations. Targets (issue 6): BatchNormalization training on the conv shape at most "
     f"{TARGET_BN_CONV_TRAIN}x the built-in's time; every other case no slower than the "
-    f"built-in within noise (ratio <= {NOISE_RATIO})."
+    f"built-in within noise: a ratio at most {NOISE_RATIO}, or at most the largest "
+    "`keras_vs_keras` of the run (either way, as a factor) when that is larger (the "
+    "`target` column). `met_at_fixed_ratio` applies the fixed "
+    f"{NOISE_RATIO} alone."
 )
 
 
@@ -365,7 +395,8 @@ def main(argv=None):
     result = run(TINY_SHAPES if args.tiny else SHAPES, args.repeats, args.executor, args.tiny)
     path = write(result, args.results)
     met = sum(r["met"] for r in result["table"])
-    print(f"{met}/{len(result['table'])} cases meet their target; wrote {path}")
+    fixed = sum(r["met_at_fixed_ratio"] for r in result["table"])
+    print(f"{met}/{len(result['table'])} cases meet their target ({fixed} at the fixed {NOISE_RATIO}); wrote {path}")
     return 0
 
 

@@ -20,6 +20,12 @@ def test_bench_writes_its_table_and_figure(tmp_path):
     cases = {(r["shape"], r["layer"], r["mode"], r["xla"]) for r in result["table"]}
     assert len(cases) == len(bench.TINY_SHAPES) * len(bench.LAYERS) * 2 * 2
     assert all(r["kerasnorm_ms"] > 0 and r["keras_ms"] > 0 and r["ratio"] > 0 for r in result["table"])
+    band = bench.noise_band(result["table"])
+    for r in result["table"]:
+        assert r["keras_vs_keras"] > 0
+        assert r["target"] == (bench.TARGET_BN_CONV_TRAIN if (r["layer"], r["shape"], r["mode"]) == ("BatchNormalization", "conv", "train fwd+bwd") else round(band, 3))
+        assert r["met"] == (r["ratio"] <= r["target"])
+        assert r["met_at_fixed_ratio"] == (r["ratio"] <= min(r["target"], bench.NOISE_RATIO))
     assert {r["block"] for r in result["folding"]} == {"conv + BN", "dense + BN"}
     assert [(r["workers"], r["runs"]) for r in result["throughput"]] == [(1, 4), (2, 4)]
     assert all(r["steady_runs_per_min"] > 0 for r in result["throughput"])
@@ -36,6 +42,13 @@ def test_steady_rate_leaves_out_each_workers_first_run():
     assert bench.steady_rate(arrivals, 2) == pytest.approx(60 * 4 / 4.0)
     assert bench.steady_rate(arrivals, 1) == pytest.approx(60 * 5 / 4.5)
     assert np.isnan(bench.steady_rate(arrivals[:2], 2))
+
+
+def test_noise_band_is_the_larger_of_the_fixed_ratio_and_the_keras_copies_spread():
+    assert bench.noise_band([{"keras_vs_keras": 1.01}, {"keras_vs_keras": 0.98}]) == bench.NOISE_RATIO
+    # A copy 8% faster is as much noise as one 8% slower.
+    assert bench.noise_band([{"keras_vs_keras": 1.03}, {"keras_vs_keras": 1 / 1.08}]) == pytest.approx(1.08)
+    assert bench.noise_band([{"keras_vs_keras": 1.07}, {}]) == pytest.approx(1.07)
 
 
 def test_bench_rejects_a_bad_repeat_count(capsys):
