@@ -15,8 +15,13 @@ from studies.claims import c8_cost
 
 
 def test_bench_writes_its_table_and_figure(tmp_path):
-    assert main(["bench", "--tiny", "--repeats", "1", "--executor", "local", "--results", str(tmp_path)]) == 0
+    args = ["bench", "--tiny", "--repeats", "1", "--processes", "2", "--executor", "local", "--results", str(tmp_path)]
+    assert main(args) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["processes"] == 2
+    for r in result["table"]:  # the median of two processes is their mean
+        assert len(r["ratio_per_process"]) == 2
+        assert r["ratio"] == pytest.approx(sum(r["ratio_per_process"]) / 2)
     cases = {(r["shape"], r["layer"], r["mode"], r["xla"]) for r in result["table"]}
     assert len(cases) == len(bench.TINY_SHAPES) * len(bench.LAYERS) * 2 * 2
     assert all(r["kerasnorm_ms"] > 0 and r["keras_ms"] > 0 and r["ratio"] > 0 for r in result["table"])
@@ -49,6 +54,16 @@ def test_noise_band_is_the_larger_of_the_fixed_ratio_and_the_keras_copies_spread
     # A copy 8% faster is as much noise as one 8% slower.
     assert bench.noise_band([{"keras_vs_keras": 1.03}, {"keras_vs_keras": 1 / 1.08}]) == pytest.approx(1.08)
     assert bench.noise_band([{"keras_vs_keras": 1.07}, {}]) == pytest.approx(1.07)
+
+
+def test_combining_processes_takes_the_median_of_each_number():
+    runs = [
+        [{"shape": "dense", "xla": False, "ratio": r, "keras_vs_keras": k, "keras_ms": m}]
+        for r, k, m in [(1.2, 1.0, 3.0), (0.9, 1.1, 1.0), (1.0, 0.95, 2.0)]
+    ]
+    (row,) = bench.combine_processes(runs)
+    assert (row["ratio"], row["keras_vs_keras"], row["keras_ms"]) == (1.0, 1.0, 2.0)
+    assert row["ratio_per_process"] == [1.2, 0.9, 1.0] and row["xla"] is False
 
 
 def test_bench_rejects_a_bad_repeat_count(capsys):
