@@ -156,18 +156,33 @@ def _check_choice(name, value, known):
 # The task registry.
 
 TASKS: dict[str, Callable[[RunConfig], dict]] = {}
+#: Tasks whose rows the stacked engine (`studies.stacked`) may make instead.
+STACKABLE_TASKS: set[str] = set()
 
 
-def register_task(name: str):
-    """Decorator: registers `fn(config) -> row` as task `name` (a name is registered once)."""
+def register_task(name: str, stackable: bool = False):
+    """Decorator: registers `fn(config) -> row` as task `name` (a name is registered once).
+
+    With ``stackable=True`` the task declares that its row is the default ``train`` task's
+    row for its config (it trains, evaluates after each epoch and logs, nothing more), so
+    `studies.stacked` may train its configs as members of one stacked model instead of
+    calling it. A task that measures anything else leaves it False and runs as written."""
 
     def decorator(fn):
         if name in TASKS and TASKS[name] is not fn:
             raise ValueError(f"Task '{name}' is already registered by {TASKS[name].__module__}.")
         TASKS[name] = fn
+        if stackable:
+            STACKABLE_TASKS.add(name)
         return fn
 
     return decorator
+
+
+def stackable_task(config: RunConfig) -> bool:
+    """True if `config`'s task (loading its claim's module when needed) is stackable."""
+    _task(config)
+    return config.task in STACKABLE_TASKS
 
 
 def _task(config):
@@ -272,19 +287,15 @@ def load_dataset(config: RunConfig) -> data.Dataset:
     )
 
 
-def build(config: RunConfig, dataset: data.Dataset):
-    """The config's model for `dataset`, uncompiled, with its ``model.*`` options."""
-    masked = dataset.mask_train is not None
-    return models.build_model(
-        config.model,
-        dataset.input_shape,
-        dataset.num_classes,
-        config.norm,
+def model_arguments(config: RunConfig, dataset: data.Dataset) -> dict:
+    """The keyword arguments of `studies.models.build_model` for `config` and `dataset`
+    (after its kind, input shape, class count and norm), with the ``model.*`` options."""
+    return dict(
         activation=config.activation,
         widths=config.widths,
         dropout=config.dropout,
         cell=config.cell,
-        masked=masked,
+        masked=dataset.mask_train is not None,
         max_steps=dataset.x_train.shape[1] if config.model == "rnn" else None,
         momentum=config.bn_momentum,
         virtual_batch_size=config.virtual_batch_size,
@@ -294,14 +305,24 @@ def build(config: RunConfig, dataset: data.Dataset):
     )
 
 
+def build(config: RunConfig, dataset: data.Dataset):
+    """The config's model for `dataset`, uncompiled, with its ``model.*`` options."""
+    return models.build_model(
+        config.model, dataset.input_shape, dataset.num_classes, config.norm, **model_arguments(config, dataset)
+    )
+
+
+def make_optimizer(config: RunConfig):
+    """The config's optimizer: SGD with its momentum, or Adam."""
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+    return keras.optimizers.Adam(config.learning_rate)
+
+
 def compile_model(config: RunConfig, model, steps_per_execution=1):
     """Compiles with the config's optimizer, cross-entropy on logits and accuracy."""
-    if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
-    else:
-        optimizer = keras.optimizers.Adam(config.learning_rate)
     model.compile(
-        optimizer=optimizer,
+        optimizer=make_optimizer(config),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         # Measured on CPU: XLA made these small models slower (and op determinism turns
@@ -357,13 +378,15 @@ def inputs(dataset: data.Dataset, split: str):
     return x if mask is None else (x, mask)
 
 
-def tf_dataset(dataset: data.Dataset, split: str, batch_size: int, shuffle_seed=None, repeat=False):
+def tf_dataset(dataset: data.Dataset, split: str, batch_size: int, shuffle_seed=None, repeat=False,
+               reshuffle=True):
     """A `tf.data` pipeline over a split: shuffled with `shuffle_seed` (anew each pass,
-    deterministically) and with fixed-size batches when training, in order otherwise."""
+    deterministically; with ``reshuffle=False`` once, the same order every pass) and with
+    fixed-size batches when training, in order otherwise."""
     ds = tf.data.Dataset.from_tensor_slices((inputs(dataset, split), getattr(dataset, f"y_{split}")))
     training = shuffle_seed is not None
     if training:
-        ds = ds.shuffle(len(dataset.x_train), seed=int(shuffle_seed), reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(dataset.x_train), seed=int(shuffle_seed), reshuffle_each_iteration=bool(reshuffle))
     if repeat:
         ds = ds.repeat()
     return ds.batch(batch_size, drop_remainder=training).prefetch(2)
@@ -433,7 +456,10 @@ def fit_and_log(config: RunConfig, dataset, model, callbacks=None, eval_train=No
         eval_train = bool(config.option("eval_train", False))
     steps = epoch_steps(config, dataset)
     repeat = config.steps_per_epoch is not None
-    train_ds = tf_dataset(dataset, "train", config.batch_size, shuffle_seed=config.seed, repeat=repeat)
+    # Option ``fixed_batches``: shuffled once, so every pass repeats the same batches (C3).
+    reshuffle = not config.option("fixed_batches", False)
+    train_ds = tf_dataset(dataset, "train", config.batch_size, shuffle_seed=config.seed, repeat=repeat,
+                          reshuffle=reshuffle)
     test_ds = tf_dataset(dataset, "test", EVAL_BATCH_SIZE)
     train_eval_ds = tf_dataset(dataset, "train", EVAL_BATCH_SIZE) if eval_train else None
 
@@ -456,6 +482,16 @@ def fit_and_log(config: RunConfig, dataset, model, callbacks=None, eval_train=No
 
     names = {**EPOCH_METRICS, **(TRAIN_EVAL_METRICS if eval_train else {})}
     columns = {column: [float(e.get(log, math.nan)) for e in recorder.epochs] for column, log in names.items()}
+    return metric_columns(
+        config, columns, recorder.steps, steps, build_s, fit_s - recorder.eval_s, recorder.eval_s
+    )
+
+
+def metric_columns(config: RunConfig, columns, steps, epoch_steps, build_s, train_s, eval_s) -> dict:
+    """A run's metric columns (see `fit_and_log`) from its per-epoch `columns` (column ->
+    values of the epochs run): after the first epoch whose training loss is not finite,
+    every value is NaN (``diverged``); epochs not run are NaN."""
+    columns = {column: list(values) for column, values in columns.items()}
     diverged = not all(math.isfinite(v) for v in columns["train/loss"])
     if diverged:
         first_bad = next(i for i, v in enumerate(columns["train/loss"]) if not math.isfinite(v))
@@ -467,12 +503,12 @@ def fit_and_log(config: RunConfig, dataset, model, callbacks=None, eval_train=No
     row.update({f"final/{column}": values[-1] for column, values in columns.items()})
     row.update(
         {
-            "steps": recorder.steps,
-            "epoch_steps": steps,
+            "steps": steps,
+            "epoch_steps": epoch_steps,
             "diverged": diverged,
             "time/build_s": build_s,
-            "time/train_s": fit_s - recorder.eval_s,
-            "time/eval_s": recorder.eval_s,
+            "time/train_s": train_s,
+            "time/eval_s": eval_s,
         }
     )
     return row
@@ -498,7 +534,7 @@ def _trace(model, dataset, batch_size, test_ds):
         variable.assign(value)
 
 
-@register_task("train")
+@register_task("train", stackable=True)
 def train(config: RunConfig) -> dict:
     """The default task: train, evaluate after each epoch, log."""
     row = base_row(config)
