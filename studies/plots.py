@@ -90,3 +90,39 @@ def save_figure(fig, fig_id, out_dir, data, caption=None):
     plt.close(fig)
     data.to_csv(paths[2], index=False, float_format="%.6g", lineterminator="\n")
     return paths
+
+
+#: One colour per verdict in the summary figure.
+VERDICT_COLORS = {
+    "supported": "#009E73",
+    "partly supported": "#56B4E9",
+    "inconclusive": "#E69F00",
+    "not supported": "#D55E00",
+}
+
+
+def forest(labels, mean, low, high, verdicts, marks, notes=None, ax=None):
+    """A forest plot: one row per label, top to bottom, the point and its interval
+    coloured by the row's verdict (`VERDICT_COLORS`), a vertical line at 0 (no effect),
+    a short tick at each x of the row's `marks` (its thresholds) and, right of the axes,
+    the row's `notes` (e.g. the raw numbers). Rows with a NaN mean stay empty."""
+    if ax is None:
+        _, ax = new_axes(width=6.4, height=0.5 * len(labels) + 1.2)
+    positions = list(range(len(labels)))[::-1]
+    ax.axvline(0.0, color="#777777", linewidth=0.8)
+    notes = notes or [""] * len(labels)
+    for y, m, lo, hi, v, xs, note in zip(positions, mean, low, high, verdicts, marks, notes):
+        c = VERDICT_COLORS.get(v, "#777777")
+        for x in xs:
+            ax.plot([x, x], [y - 0.3, y + 0.3], color="#444444", linewidth=1.2)
+        if lo == lo and hi == hi:  # a NaN bound compares unequal to itself: no interval
+            ax.plot([lo, hi], [y, y], color=c, linewidth=2.2, solid_capstyle="butt")
+        if m == m:
+            ax.plot([m], [y], marker="D", color=c, markersize=5)
+        ax.text(1.02, y, note, transform=ax.get_yaxis_transform(), fontsize=7, va="center", ha="left")
+    ax.set_yticks(positions)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    handles = [plt.Line2D([], [], color=c, marker="D", linewidth=2.2, label=v) for v, c in VERDICT_COLORS.items()]
+    ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
+    return ax

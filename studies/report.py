@@ -1,9 +1,12 @@
-"""`reports/REPORT.md` and its figures, from stored results only: a pure function of the
-results directory (no training, no clock), so regenerating gives the same bytes.
+"""`reports/REPORT.md`, one page per claim (`reports/claims/<id>.md`) and their figures,
+from stored results only: a pure function of the results directory (no training, no clock),
+so regenerating gives the same bytes.
 
 Each claim module's `analyze(rows)` returns `studies.stats.make_analysis(...)`; this module
-renders those dicts, the layer benchmarks (`bench.json`, written by `python -m studies
-bench`) and the provenance carried by the rows and the sweep's manifest.
+renders those dicts (REPORT.md: the summary, the verdict scale, the summary forest plot and
+per claim its setup, figures, key numbers, checks and caveats; the claim's page: the full
+tables, the per-arm convergence, the seed plan), the layer benchmarks (`bench.json`, written
+by `python -m studies bench`) and the provenance carried by the rows and the manifest.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import os
 import pathlib
 import tempfile
 
+import pandas
+
 from studies import claims as claims_registry
-from studies import sweep
+from studies import plan as seed_planning
+from studies import plots, stats, sweep
 from studies.stats import INTERVAL
 
 MANIFEST = sweep.MANIFEST
@@ -82,19 +88,23 @@ def _read_json(path: pathlib.Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def planned_rows(rows, profile):
-    """The rows of runs that `profile`'s grids plan: a store may also hold runs of grids
-    since changed, or of another profile, which must not enter this report."""
+def planned_rows(rows, profile, seeds=None):
+    """The rows of runs that `profile`'s grids plan, with each claim's seeds extended to
+    `seeds[claim]` per arm where the sequential seed plan added some (`studies.plan`): a
+    store may also hold runs of grids since changed, or of another profile, which must not
+    enter this report."""
     if profile is None or not len(rows):
         return rows
-    keys = {c.key() for configs in claims_registry.plan(claims_registry.CLAIM_IDS, profile).values() for c in configs}
+    planned = seed_planning.extend(claims_registry.plan(claims_registry.CLAIM_IDS, profile), seeds or {})
+    keys = {c.key() for configs in planned.values() for c in configs}
     return rows[rows["key"].isin(keys)].reset_index(drop=True)
 
 
 def analyze_all(results_dir, figures_dir, profile=None):
     """{claim id: analysis or None} for every claim, from the rows `profile` plans (all
     rows when None); figures written to `figures_dir`."""
-    rows = planned_rows(sweep.load_rows(results_dir), profile)
+    seeds = seed_planning.read_seeds(results_dir, profile)
+    rows = planned_rows(sweep.load_rows(results_dir), profile, seeds)
     analyses = {}
     for claim_id in claims_registry.CLAIM_IDS:
         module = claims_registry.load(claim_id)
@@ -108,9 +118,100 @@ def analyze_all(results_dir, figures_dir, profile=None):
     return rows, analyses
 
 
+VERDICT_SCALE = (
+    "Each claim's rule is a set of **checks**. A check compares an effect (a mean over seeds "
+    "with its 95% interval; paired per-seed differences where the arms share seeds) with the "
+    "effect size that matters, its **threshold**, taken from the published anchor (each check "
+    "says why). A check **holds** when the whole interval lies on the claim's side of the "
+    "threshold, **fails** when the whole interval lies on the other side (evidence against "
+    "the claim, as in an equivalence test), and is **undecided** when the interval spans the "
+    "threshold, or when a blocker applies: an arm whose training loss had not levelled off "
+    f"(the loss fell by more than {stats.PLATEAU_THRESHOLD:.0%} of its total decrease over the "
+    f"last {stats.PLATEAU_FRACTION:.0%} of training), or two arms both within "
+    f"{stats.CEILING_MARGIN_PP:g} pp of 100 % accuracy (or of chance), where no difference can "
+    "show. Decisive checks decide the verdict; secondary ones can only lower *supported* to "
+    "*partly supported*.\n\n"
+    "- **supported**: every decisive check holds (and no secondary one fails);\n"
+    "- **partly supported**: decisive checks hold and fail, or all hold and a secondary fails;\n"
+    "- **inconclusive**: a decisive check is still undecided after the planned seeds: the "
+    "data cannot decide, which is not evidence against the claim;\n"
+    "- **not supported**: every decisive check fails.\n\n"
+    "Seeds per arm come from a pilot's seed-to-seed spread, sized so that a decisive "
+    "interval's half-width is at most half its threshold; where a decisive check stays "
+    "undecided for want of precision, a sequential plan declared in the claim's code adds "
+    "seeds in blocks up to a cap. Every number carries its n.\n"
+)
+SUMMARY_FIGURE = "fig-summary"
+SUMMARY_CAPTION = (
+    "One row per claim: its headline check's effect (diamond) and 95% interval, divided by "
+    "the size of its threshold, so that every threshold sits at +1 or -1 (ticks; both for "
+    "an equivalence check) and 0 is no effect; colour: the claim's verdict. Right: the raw "
+    "effect, the claim's side of the threshold and the check's outcome."
+)
+
+
+def _page_link(claim_id):
+    return f"claims/{claim_id.lower()}.md"
+
+
+def _headline(a):
+    """The headline check's dict, or None (claims without checks)."""
+    return next((c for c in a.get("checks", []) if c["name"] == a.get("headline")), None)
+
+
+def _check_effect_text(c):
+    return _estimate_text({**c["effect"], "unit": c["unit"]})
+
+
+def summary_table(analyses) -> pandas.DataFrame:
+    """The numbers fig-summary plots, one row per claim: the headline check's raw effect,
+    threshold and outcome, and the effect divided by the threshold's size (``scale``)."""
+    records = []
+    for claim_id, a in analyses.items():
+        c = _headline(a) if a else None
+        if c is None:
+            records.append({"claim": claim_id, "verdict": a["verdict"] if a else "not run"})
+            continue
+        e = c["effect"]
+        # A zero threshold has no size: the interval's own reach scales the row instead.
+        scale = abs(c["threshold"]) or max(abs(v) for v in (e["mean"], e["low"], e["high"]) if math.isfinite(v)) or 1.0
+        records.append({
+            "claim": claim_id, "verdict": a["verdict"], "check": c["name"], "kind": c["kind"],
+            "threshold": c["threshold"], "unit": c["unit"].strip(), "mean": e["mean"], "low": e["low"],
+            "high": e["high"], "n": e["n"], "outcome": c["outcome"], "scale": scale,
+            "scaled_mean": e["mean"] / scale, "scaled_low": e["low"] / scale, "scaled_high": e["high"] / scale,
+            "scaled_threshold": c["threshold"] / scale,
+        })  # fmt: skip
+    columns = ["claim", "verdict", "check", "kind", "threshold", "unit", "mean", "low", "high", "n", "outcome",
+               "scale", "scaled_mean", "scaled_low", "scaled_high", "scaled_threshold"]  # fmt: skip
+    return pandas.DataFrame.from_records(records, columns=columns)
+
+
+def summary_figure(analyses, out_dir):
+    """fig-summary: the forest plot of `summary_table`; returns its paths."""
+    table = summary_table(analyses)
+    marks, notes = [], []
+    for r in table.to_dict(orient="records"):
+        t = r["scaled_threshold"]
+        if not isinstance(r["kind"], str):
+            marks.append([])
+            notes.append(r["verdict"])
+            continue
+        marks.append([-abs(t), abs(t)] if r["kind"] == "within" else [t])
+        side = {"at_least": ">=", "at_most": "<=", "within": "within ±"}[r["kind"]]
+        est = {"mean": r["mean"], "low": r["low"], "high": r["high"], "n": int(r["n"])}
+        notes.append(f"{_estimate_text(est)} {r['unit']}; claim {side} {abs(r['threshold']) if r['kind'] == 'within' else r['threshold']:g}: {r['outcome']}")
+    fig, ax = plots.new_axes(width=5.0, height=0.5 * len(table) + 1.4)
+    plots.forest([f"{r['claim']}: {r['verdict']}" for r in table.to_dict(orient="records")],
+                 table["scaled_mean"].astype(float), table["scaled_low"].astype(float),
+                 table["scaled_high"].astype(float), table["verdict"], marks, notes, ax=ax)
+    ax.set_xlabel("headline effect / |threshold|")
+    return plots.save_figure(fig, SUMMARY_FIGURE, out_dir, table)
+
+
 def _summary(analyses):
     lines = [
-        "| claim | the note says | verdict | key number (ours) | published anchor | figure |",
+        "| claim | the note says | verdict | headline check: effect (ours) vs threshold | outcome | details |",
         "|---|---|---|---|---|---|",
     ]
     for claim_id, a in analyses.items():
@@ -118,43 +219,136 @@ def _summary(analyses):
             title = claims_registry.load(claim_id).TITLE
             lines.append(f"| {claim_id} | {title} | not run | | | |")
             continue
-        key = a["evidence"][0] if a["evidence"] else None
-        key_text = f"{key['label']}: {_estimate_text(key)}" if key else ""
-        fig = next(iter(a["figures"]), "")
-        fig_link = f"[{fig}](figures/{fig}.png)" if fig else ""
-        anchor = a["anchor"].split("\n")[0]
+        c = _headline(a)
+        if c is not None:
+            key_text = f"{c['name']}: {_check_effect_text(c)}; claim {c['claim']}"
+            outcome = c["outcome"]
+        else:
+            key = a["evidence"][0] if a["evidence"] else None
+            key_text, outcome = (f"{key['label']}: {_estimate_text(key)}" if key else ""), ""
         lines.append(
-            f"| [{claim_id}](#{claim_id.lower()}) | {a['title']} | **{a['verdict']}** | {key_text} | {anchor} | {fig_link} |"
+            f"| [{claim_id}](#{claim_id.lower()}) | {a['title']} | **{a['verdict']}** | {key_text} | "
+            f"{outcome} | [page]({_page_link(claim_id)}) |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _checks_table(checks, with_why=True):
+    lines = ["| check | effect (ours) | claim | outcome | decisive | blockers |"
+             + (" threshold from |" if with_why else ""),
+             "|---|---|---|---|---|---|" + ("---|" if with_why else "")]
+    for c in checks:
+        lines.append(
+            f"| {c['name']} | {_check_effect_text(c)} | {c['claim']} | **{c['outcome']}** | "
+            f"{'yes' if c['decisive'] else 'no'} | {'; '.join(c['blockers']) or '-'} |"
+            + (f" {c['why']} |" if with_why else "")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _convergence_line(a):
+    table = a.get("convergence")
+    if table is None:
+        return "**Convergence.** Not measured for this claim (the caveats say why)."
+    if not table:
+        return "**Convergence.** No runs."
+    label = [k for k in table[0] if k not in ("runs", "diverged", "converged", "median_plateau", "worst_plateau")]
+    short = [r for r in table if r["converged"] < r["runs"] - r["diverged"] or r["runs"] == r["diverged"]]
+    runs = sum(r["runs"] for r in table)
+    done = sum(r["converged"] for r in table)
+    diverged = sum(r["diverged"] for r in table)
+    text = (f"**Convergence** (a run has converged when its training loss fell by at most "
+            f"{stats.PLATEAU_THRESHOLD:.0%} of its total decrease over the last "
+            f"{stats.PLATEAU_FRACTION:.0%} of training): {done} of {runs} runs in "
+            f"{len(table) - len(short)} of {len(table)} arms converged, {diverged} diverged")
+    if short:
+        text += "; arms with unconverged runs: " + "; ".join(
+            ", ".join(str(r[k]) for k in label) + f" ({r['converged']} of {r['runs'] - r['diverged']})" for r in short
+        )
+    return text + ". Per arm: see the claim's page."
+
+
+def _power_line(a):
+    plan = a.get("seed_plan")
+    decisive = [c for c in a.get("checks", []) if c["decisive"]]
+    widths = "; ".join(
+        f"{c['name']}: half-width {(c['effect']['high'] - c['effect']['low']) / 2:.3g}{c['unit']} "
+        f"(n={c['effect']['n']}) against half the threshold, {abs(c['threshold']) / 2:.3g}{c['unit']}"
+        for c in decisive if c["effect"]["n"] >= 2 and math.isfinite(c["effect"]["low"])
+    )
+    if plan is None:
+        return f"**Power.** No seed plan declared. {widths}".rstrip() + ("." if widths else "")
+    return (f"**Power.** Seed plan: a pilot of {plan['pilot']} seeds; {plan['initial']} per arm "
+            f"({plan['why']}); while a decisive check is undecided for want of precision, "
+            f"{plan['block']} more per arm, up to {plan['cap']}. " + (widths + "." if widths else ""))
+
+
+def _figures_text(a):
+    return [f"![{fig_id}](figures/{fig_id}.png)\n\n*{fig_id}.* {caption} "
+            f"(data: [figures/{fig_id}.csv](figures/{fig_id}.csv))\n" for fig_id, caption in a["figures"].items()]
+
+
+def _rule_text(a):
+    out = [f"**Rule.** {a['rule']}\n"]
+    if a.get("checks"):
+        out.append(_checks_table(a["checks"], with_why=False))
+    for part, held in a.get("parts", {}).items():
+        out.append(f"- [{'x' if held else ' '}] {part}")
+    return out
+
+
 def _claim_section(claim_id, a):
+    """The claim's part of REPORT.md: what a reader needs for the verdict; the full tables
+    are on its page."""
     out = [f"## {claim_id}\n"]
     if a is None:
         out.append("No stored results for this claim: run `python -m studies run --claims "
                    f"{claim_id}`.\n")
         return "\n".join(out)
-    out.append(f"**The note:** {a['title']}  \n**Verdict: {a['verdict']}**\n")
+    out.append(f"**The note:** {a['title']}  \n**Verdict: {a['verdict']}**  \n"
+               f"Full tables, checks with their thresholds' sources, convergence per arm: "
+               f"[{_page_link(claim_id)}]({_page_link(claim_id)})\n")
     out.append(f"**Setup.** {a['setup']}\n")
-    for fig_id, caption in a["figures"].items():
-        out.append(f"![{fig_id}](figures/{fig_id}.png)\n\n*{fig_id}.* {caption} "
-                   f"(data: [figures/{fig_id}.csv](figures/{fig_id}.csv))\n")
-    out.append("**Numbers** (mean, " + INTERVAL + ", n):\n")
-    for e in a["evidence"]:
-        out.append(f"- {e['label']}: {_estimate_text(e)}")
+    out.extend(_figures_text(a))
+    out.append("**Key numbers** (mean, " + INTERVAL + ", n):\n")
+    out.extend(f"- {e['label']}: {_estimate_text(e)}" for e in a["evidence"])
     out.append("")
-    for name, records in a["tables"].items():
-        out.append(f"*{name}*\n\n{_table(records)}")
-    out.append(f"**Rule.** {a['rule']}\n")
-    for part, held in a["parts"].items():
-        out.append(f"- [{'x' if held else ' '}] {part}")
-    out.append(f"\n**Published anchor.** {a['anchor']}\n")
+    out.extend(_rule_text(a))
+    out.append("")
+    out.append(_convergence_line(a) + "\n")
+    out.append(_power_line(a) + "\n")
+    out.append(f"**Published anchor.** {a['anchor']}\n")
     if a["caveats"]:
         out.append("**Caveats.**\n")
         out.extend(f"- {c}" for c in a["caveats"])
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def claim_page(claim_id, a) -> str:
+    """`claims/<id>.md`: the claim's checks in full (with where each threshold comes
+    from), its seed plan, the per-arm convergence table and every table of its analysis."""
+    out = [f"# {claim_id}: {a['title']}\n",
+           f"_Generated by `python -m studies report`; back to [the report](../REPORT.md#{claim_id.lower()}). "
+           f"Intervals: {INTERVAL}._\n",
+           f"**Verdict: {a['verdict']}**\n", f"**Rule.** {a['rule']}\n"]
+    if a.get("checks"):
+        out.append("## Checks\n")
+        out.append(_checks_table(a["checks"]))
+    for part, held in a.get("parts", {}).items():
+        out.append(f"- [{'x' if held else ' '}] {part}")
+    out.append("\n## Power\n")
+    out.append(_power_line(a) + "\n")
+    out.append("## Convergence\n")
+    out.append(_convergence_line(a).replace(" Per arm: see the claim's page.", "") + "\n")
+    if a.get("convergence"):
+        out.append(_table(a["convergence"]))
+    out.append("## Tables\n")
+    for name, records in a["tables"].items():
+        out.append(f"*{name}*\n\n{_table(records)}")
+    out.append("## Setup\n")
+    out.append(a["setup"] + "\n")
+    return "\n".join(out).replace("](figures/", "](../figures/")
 
 
 def _bench_section(bench):
@@ -230,6 +424,10 @@ def render(rows, analyses, manifest, bench, results_label="reports/results") -> 
         f"Intervals: {INTERVAL}._\n",
         "## Summary\n",
         _summary(analyses),
+        f"![{SUMMARY_FIGURE}](figures/{SUMMARY_FIGURE}.png)\n\n*{SUMMARY_FIGURE}.* {SUMMARY_CAPTION} "
+        f"(data: [figures/{SUMMARY_FIGURE}.csv](figures/{SUMMARY_FIGURE}.csv))\n",
+        "## The verdict scale\n",
+        VERDICT_SCALE,
         "## The formula\n",
         FORMULA_NOTE + "\n",
     ]
@@ -240,10 +438,15 @@ def render(rows, analyses, manifest, bench, results_label="reports/results") -> 
 
 
 def write_report(results_dir="reports/results", out_dir="reports") -> pathlib.Path:
-    """Writes `<out_dir>/REPORT.md` and `<out_dir>/figures/` from `results_dir`."""
+    """Writes `<out_dir>/REPORT.md`, `<out_dir>/claims/<id>.md` and `<out_dir>/figures/`
+    from `results_dir`."""
     results_dir, out_dir = pathlib.Path(results_dir), pathlib.Path(out_dir)
     manifest = _read_json(results_dir / MANIFEST)
     rows, analyses = analyze_all(results_dir, out_dir / "figures", (manifest or {}).get("profile"))
+    summary_figure(analyses, out_dir / "figures")
+    for claim_id, analysis in analyses.items():
+        if analysis is not None:
+            _atomic_write(out_dir / _page_link(claim_id), claim_page(claim_id, analysis))
     bench = _read_json(results_dir / BENCH)
     if bench:
         from studies import bench as bench_module

@@ -1,0 +1,102 @@
+"""The sequential seed plan: a claim whose decisive checks stay undecided for want of
+precision gets more seeds, in blocks, up to the cap its `studies.stats.SeedPlan` declares.
+
+`run_planned` runs the profile's grids, analyzes each claim, extends the seeds of the claims
+`studies.stats.more_seeds_needed` names and repeats until none does. The seeds it added are
+stored beside the results (`SEEDS`, per profile), so that `studies.report` plans the same
+runs from the results directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from studies import claims as claims_registry
+from studies import stats, sweep
+
+#: {"profile": ..., "seeds": {claim id: seeds per arm}} of the claims the plan extended.
+SEEDS = "seeds.json"
+
+
+def seeds_per_arm(configs) -> int:
+    """The number of distinct seeds among `configs` (a claim's grid gives every arm the same)."""
+    return len({c.seed for c in configs})
+
+
+def with_seeds(configs, n: int) -> list:
+    """`configs` with each arm's seeds extended to `n`: an arm is a config of the grid's
+    first seed, and the new seeds follow the grid's largest. Unchanged when the grid already
+    has `n` seeds or more."""
+    configs = list(configs)
+    seeds = sorted({c.seed for c in configs})
+    if not seeds or n <= len(seeds):
+        return configs
+    new = range(seeds[-1] + 1, seeds[-1] + 1 + n - len(seeds))
+    arms = [c for c in configs if c.seed == seeds[0]]
+    return configs + [dataclasses.replace(c, seed=s) for s in new for c in arms]
+
+
+def extend(planned: dict, seeds: dict) -> dict:
+    """``{claim: configs}`` with the seeds of each claim in `seeds` extended to that many."""
+    return {claim: with_seeds(configs, seeds.get(claim, 0)) for claim, configs in planned.items()}
+
+
+def read_seeds(results_dir, profile) -> dict:
+    """{claim id: seeds per arm} the plan stored for `profile` in `results_dir` ({} if none)."""
+    path = pathlib.Path(results_dir) / SEEDS
+    if profile is None or not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    return dict(stored["seeds"]) if stored.get("profile") == profile else {}
+
+
+def write_seeds(results_dir, profile, seeds: dict):
+    path = pathlib.Path(results_dir) / SEEDS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"profile": profile, "seeds": dict(sorted(seeds.items()))}, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def next_seeds(planned: dict, rows) -> dict:
+    """{claim id: seeds per arm} for the claims whose analysis of `rows` (only the runs of
+    `planned`) asks `stats.more_seeds_needed` for more, under the plan the analysis carries."""
+    grow = {}
+    keys = {claim: {c.key() for c in configs} for claim, configs in planned.items()}
+    for claim, configs in planned.items():
+        claim_rows = rows[rows["key"].isin(keys[claim])].reset_index(drop=True) if len(rows) else rows
+        if not len(claim_rows):
+            continue
+        analysis = claims_registry.load(claim).analyze(claim_rows)
+        if not analysis.get("seed_plan"):
+            continue
+        n_now = seeds_per_arm(configs)
+        more = stats.more_seeds_needed(analysis, stats.SeedPlan(**analysis["seed_plan"]), n_now)
+        if more:
+            grow[claim] = n_now + more
+    return grow
+
+
+def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs) -> dict:
+    """Runs `claim_ids` at `profile` with their sequential seed plans; returns the
+    `SweepSummary` of each round in a list under ``"rounds"`` and the final ``"seeds"``.
+
+    Args:
+        claim_ids, profile: what to run.
+        store: the results store; the added seeds are written beside it (`SEEDS`).
+        run_configs: ``run_configs(configs) -> SweepSummary``, the engine's sweep (runs what
+            the store lacks).
+    """
+    base = claims_registry.plan(claim_ids, profile)
+    seeds = read_seeds(store.root, profile)
+    rounds = []
+    while True:
+        planned = extend(base, seeds)
+        rounds.append(run_configs([c for configs in planned.values() for c in configs]))
+        grow = next_seeds(planned, sweep.load_rows(store.root))
+        if not grow:
+            return {"rounds": rounds, "seeds": seeds}
+        seeds = {**seeds, **grow}
+        write_seeds(store.root, profile, seeds)
