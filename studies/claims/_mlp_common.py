@@ -46,14 +46,14 @@ def usable_rows(rows: pandas.DataFrame):
 
 
 def no_runs(claim, title, rule, anchor, note) -> dict:
-    """The analysis of a claim none of whose runs finished: nothing is measured, so
-    nothing is supported; `note` says what happened."""
+    """The analysis of a claim none of whose runs finished: nothing is measured, so the
+    verdict is "inconclusive" (an undecided check without data); `note` says what happened."""
+    nothing = stats.Estimate(float("nan"), float("nan"), float("nan"), 0)
     return stats.make_analysis(
         claim=claim,
         title=title,
-        verdict="not supported",
         rule=rule,
-        parts={"at least one run finished": False},
+        checks=[stats.Check("at least one run finished", nothing, 1.0, "at_least", "no runs, no evidence")],
         evidence=[],
         anchor=anchor,
         setup="No run of this claim finished; see the caveats.",

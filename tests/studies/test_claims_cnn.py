@@ -284,7 +284,7 @@ def test_c2_smoke_runs_end_to_end(tmp_path):
 def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
     rows = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "Traceback ..."}] * 3)
     analysis = module.analyze(rows)
-    assert analysis["verdict"] == "not supported"
-    assert analysis["parts"] == {"at least one run finished": False}
+    assert analysis["verdict"] == "inconclusive"
+    assert [c["outcome"] for c in analysis["checks"]] == ["undecided"]
     assert "All 3 run(s) failed" in analysis["caveats"][0]
     assert module.figures(analysis, tmp_path) == []

@@ -32,7 +32,7 @@ def _c1_row(norm, lr, seed, curve, activation="sigmoid", every=50):
         "claim": "C1", "status": "ok", "activation": activation, "norm": norm,
         "learning_rate": lr, "seed": seed, "epoch_steps": every, "diverged": diverged,
         "batch_size": 32, "num_samples": None, "test/accuracy": tuple(curve),
-        "final/test/accuracy": curve[-1],
+        "final/test/accuracy": curve[-1], "train/loss": tuple(2.3 - a for a in curve),
     }  # fmt: skip
 
 
@@ -41,13 +41,16 @@ def _ramp(reach_at, final, evaluations=10):
     return [final * min(1.0, (i + 1) / reach_at) for i in range(evaluations)]
 
 
-def _c1_rows(bn_fast=True, bn_stable_higher=True):
+def _c1_rows(bn_fast=True, bn_stable_higher=True, bn_reach=None):
+    """BN reaches the target at evaluation 2 (`bn_fast`), or 8 like no norm, or at
+    ``bn_reach[seed]``; at rate 1.0 it trains (`bn_stable_higher`) where no norm diverges."""
     rows = []
     for seed in SEEDS:
         j = _jitter(seed)
+        reach = bn_reach[seed] if bn_reach else 2 if bn_fast else 8
         rows.append(_c1_row("none", 0.1, seed, _ramp(8, 0.5 + j)))
         rows.append(_c1_row("none", 1.0, seed, [0.2] + [math.nan] * 9))  # diverges
-        rows.append(_c1_row("batch", 0.1, seed, _ramp(2 if bn_fast else 8, 0.5 + j)))
+        rows.append(_c1_row("batch", 0.1, seed, _ramp(reach, 0.5 + j)))
         late = _ramp(3, 0.5 + j) if bn_stable_higher else [0.2] + [math.nan] * 9
         rows.append(_c1_row("batch", 1.0, seed, late))
     return pandas.DataFrame(rows)
@@ -61,7 +64,10 @@ def test_c1_steps_to_target_counts_censored_runs_at_the_budget():
 def test_c1_supported_when_batch_norm_is_faster_and_tolerates_a_higher_rate():
     analysis = c1.analyze(_c1_rows())
     assert analysis["verdict"] == "supported"
-    assert all(analysis["parts"].values())
+    assert [c["outcome"] for c in analysis["checks"]] == ["holds", "holds"]
+    saved, higher = analysis["checks"]
+    assert saved["effect"]["mean"] == pytest.approx(100 * (1 - 2 / 8))  # 100 steps against 400
+    assert higher["effect"]["mean"] == pytest.approx(1.0)  # rate 1.0 against 0.1: one decade
     best = pandas.DataFrame(analysis["tables"][c1.BEST]).set_index("norm")
     # The target is 90% of the baseline's best final accuracy (0.5 on average).
     assert best.loc["none", "target"] == pytest.approx(0.45)
@@ -77,7 +83,25 @@ def test_c1_supported_when_batch_norm_is_faster_and_tolerates_a_higher_rate():
 def test_c1_not_supported_when_batch_norm_is_neither_faster_nor_more_stable():
     analysis = c1.analyze(_c1_rows(bn_fast=False, bn_stable_higher=False))
     assert analysis["verdict"] == "not supported"
-    assert not any(analysis["parts"].values())
+    assert [c["outcome"] for c in analysis["checks"]] == ["fails", "fails"]
+
+
+def test_c1_inconclusive_when_the_steps_saved_span_the_threshold():
+    # BN saves 0, 25, 50, 0 and 75 % of the steps: mean 30 %, an interval around 20 %.
+    analysis = c1.analyze(_c1_rows(bn_stable_higher=False, bn_reach={0: 8, 1: 6, 2: 4, 3: 8, 4: 2}))
+    saved = analysis["checks"][0]
+    assert saved["effect"]["low"] < c1.STEPS_SAVED_PCT < saved["effect"]["high"]
+    assert saved["outcome"] == "undecided" and analysis["verdict"] == "inconclusive"
+    assert stats.more_seeds_needed(analysis, c1.SEED_PLAN, len(SEEDS)) == c1.SEED_PLAN.block
+
+
+def test_c1_a_censored_run_leaves_the_steps_undecided():
+    rows = _c1_rows()
+    never = (rows["norm"] == "none") & (rows["learning_rate"] == 0.1) & (rows["seed"] == 0)
+    rows.loc[never, "test/accuracy"] = [tuple([0.2] * 10)]
+    saved = c1.analyze(rows)["checks"][0]
+    assert saved["outcome"] == "undecided"
+    assert saved["blockers"] == ["censored: 1 of 5 no norm runs never reached the target"]
 
 
 def test_c1_partly_supported_when_one_activation_of_two_shows_it():
@@ -291,8 +315,8 @@ def test_c9_gradient_shift_is_zero_when_earlier_layers_do_not_move():
 def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
     failed = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "boom", "seed": s} for s in SEEDS])
     analysis = module.analyze(failed)
-    assert analysis["verdict"] == "not supported"
-    assert analysis["parts"] == {"at least one run finished": False}
+    assert analysis["verdict"] == "inconclusive"
+    assert [c["outcome"] for c in analysis["checks"]] == ["undecided"]
     assert "5 of 5 runs failed" in analysis["caveats"][0]
     assert module.figures(analysis, tmp_path) == []
 
