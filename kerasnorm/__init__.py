@@ -2,7 +2,8 @@
 
 Drop-in replacements for Keras's normalization layers, with float32 two-pass statistics,
 masks, clear errors, and what the built-ins lack (ghost batches, renorm warm-up, population
-statistics, recurrent cells, BN folding).
+statistics, recurrent cells, BN folding, small-batch remedies: inference example weighing,
+frozen statistics, filter response normalization).
 """
 
 import os
@@ -10,11 +11,12 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
-from kerasnorm.callbacks import BatchStatisticsRecorder  # noqa: E402
+from kerasnorm.callbacks import BatchStatisticsRecorder, FreezeBatchStatistics  # noqa: E402
+from kerasnorm.filter_response_normalization import TLU, FilterResponseNormalization  # noqa: E402
 from kerasnorm.folding import fold_batch_norm  # noqa: E402
 from kerasnorm.group_normalization import GroupNormalization  # noqa: E402
 from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
-from kerasnorm.population import recalibrate  # noqa: E402
+from kerasnorm.population import recalibrate, set_inference_weight  # noqa: E402
 from kerasnorm.recurrent import (  # noqa: E402
     BatchNormLSTMCell,
     LayerNormGRUCell,
@@ -29,12 +31,16 @@ __all__ = [
     "BatchNormLSTMCell",
     "BatchNormalization",
     "BatchStatisticsRecorder",
+    "FilterResponseNormalization",
+    "FreezeBatchStatistics",
     "GroupNormalization",
     "LayerNormGRUCell",
     "LayerNormLSTMCell",
     "LayerNormalization",
     "MaskedRNN",
     "RMSNormalization",
+    "TLU",
     "fold_batch_norm",
     "recalibrate",
+    "set_inference_weight",
 ]

@@ -43,7 +43,9 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
       are not finite, leaves the moving statistics untouched (per feature);
     - `axis` may be a list (e.g. per channel and position);
     - ghost batches (`virtual_batch_size`), the unbiased moving-variance estimator of the
-      BN paper, and a warm-up schedule for batch renormalization.
+      BN paper, and a warm-up schedule for batch renormalization;
+    - two small-batch remedies: inference example weighing (`inference_weight`) and
+      frozen statistics late in training (`freeze_statistics`).
 
     Args:
         axis: Integer or list of integers, the feature axes (not reduced). Default -1.
@@ -82,6 +84,27 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
             `m`) or `"unbiased"` (the BN paper's and PyTorch's `m / (m - 1)` correction
             of the stored variance; the batch itself is still normalized with the
             biased one).
+        inference_weight: None (default: plain inference, Keras's numbers), a float `w`
+            in (0, 1], or `"auto"` for `1 / virtual_batch_size` (needs
+            `virtual_batch_size`). Inference example weighing (Summers & Dinneen 2020):
+            in inference each example is normalized with the mixture of its own moments
+            (over the reduced axes it has: the positions of a conv map; a dense layer's
+            example has one value per unit, its mean, with variance 0) and the moving
+            statistics, `mean = w * mean_e + (1 - w) * moving_mean` and `var = w * var_e
+            + (1 - w) * moving_variance + w * (1 - w) * (mean_e - moving_mean)**2`, as in
+            training each example weighed `1 / B` in its batch's statistics: `1 / B`,
+            with `B` the training normalization batch (the ghost size with ghost
+            batches), is the natural choice. Training is unchanged; a trained model can
+            take it later (`kerasnorm.set_inference_weight`). Inference then depends on
+            each example, so such a layer cannot be folded (`fold_batch_norm` leaves it).
+        freeze_statistics: If True, training (`training=True`, layer trainable)
+            normalizes with the moving statistics, as inference does, and leaves them
+            unchanged, while `gamma` and `beta` (and the layers around) keep training:
+            the frozen population statistics that Wu & Johnson (2021) use for the last
+            part of training to remove the train/test inconsistency of small batches.
+            Usually switched on mid-training by `kerasnorm.FreezeBatchStatistics`;
+            setting the attribute by hand inside `fit` takes effect only once the train
+            function is traced again (`model.make_train_function(force=True)`).
         **kwargs: Base layer keyword arguments (e.g. `name`, `dtype`).
 
     Call arguments:
@@ -95,6 +118,11 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
         - [Ioffe, 2017](https://arxiv.org/abs/1702.03275) (batch renormalization).
         - [Hoffer et al., 2017](https://arxiv.org/abs/1705.08741) (ghost batches).
+        - [Summers and Dinneen, 2020](https://arxiv.org/abs/1906.03548), section 3
+          (inference example weighing); [Singh and Shrivastava,
+          2019](https://arxiv.org/abs/1904.06031) (EvalNorm, the same idea).
+        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576), section 5
+          (population statistics in training).
     """
 
     def __init__(
@@ -119,6 +147,8 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
         renorm_warmup=None,
         virtual_batch_size=None,
         moving_variance_estimator="biased",
+        inference_weight=None,
+        freeze_statistics=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -159,6 +189,8 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
                 f"Received: moving_variance_estimator={moving_variance_estimator!r}"
             )
         self.moving_variance_estimator = moving_variance_estimator
+        self.inference_weight = inference_weight
+        self.freeze_statistics = freeze_statistics
 
         self.supports_masking = True
         self.moving_mean = None
@@ -172,24 +204,35 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
     def _check_renorm_clipping(self, clipping):
         if clipping is None:
             return None if not self.renorm else {}
-        if not isinstance(clipping, dict) or set(clipping) - set(_RENORM_KEYS):
+        if not isinstance(clipping, dict):
             raise ValueError(
                 f"Argument `renorm_clipping` must be a dict with keys among {_RENORM_KEYS}. "
                 f"Received: renorm_clipping={clipping!r}"
             )
+        # Keras's phrases first, in Keras's order of checks.
+        if set(clipping) - set(_RENORM_KEYS):
+            raise ValueError(
+                "Received invalid keys for `renorm_clipping` argument: "
+                f"{sorted(set(clipping) - set(_RENORM_KEYS))}. "
+                f"Supported values: {list(_RENORM_KEYS)}. Received: renorm_clipping={clipping!r}"
+            )
         clipping = {k: float(v) for k, v in clipping.items() if v is not None}
         rmin, rmax, dmax = (clipping.get(k) for k in ("rmin", "rmax", "dmax"))
+        if rmin is not None and rmax is not None and rmax < rmin:
+            raise ValueError(
+                "rmax should be greater than rmin in the `renorm_clipping` argument. "
+                f"Received: rmax={rmax}, rmin={rmin}"
+            )
+        if dmax is not None and dmax < 0:
+            raise ValueError(
+                "dmax should be non-negative in the `renorm_clipping` argument. "
+                f"Received: dmax={dmax}"
+            )
         if rmin is not None and rmin < 0 or rmax is not None and rmax <= 0:
             raise ValueError(
                 "renorm_clipping needs rmin >= 0 and rmax > 0. "
                 f"Received: renorm_clipping={clipping!r}"
             )
-        if rmin is not None and rmax is not None and rmax < rmin:
-            raise ValueError(
-                f"renorm_clipping needs rmax >= rmin. Received: rmax={rmax}, rmin={rmin}"
-            )
-        if dmax is not None and dmax < 0:
-            raise ValueError(f"renorm_clipping needs dmax >= 0. Received: dmax={dmax}")
         return clipping
 
     def _check_renorm_warmup(self, warmup):
@@ -217,6 +260,42 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
                 f"rmax and dmax. Received: renorm_clipping={self.renorm_clipping!r}"
             )
         return [int(warmup[0]), int(warmup[1])]
+
+    @property
+    def inference_weight(self):
+        return self._inference_weight
+
+    @inference_weight.setter
+    def inference_weight(self, value):
+        if isinstance(value, str) and value == "auto":
+            if self.virtual_batch_size is None:
+                raise ValueError(
+                    "Argument `inference_weight='auto'` means 1 / virtual_batch_size and "
+                    "needs virtual_batch_size; otherwise pass 1 / B for a training batch "
+                    "size B. Received: inference_weight='auto', virtual_batch_size=None"
+                )
+        elif value is not None:
+            if isinstance(value, str):
+                raise ValueError(
+                    "Argument `inference_weight` must be None, a float in (0, 1] or "
+                    f"'auto'. Received: inference_weight={value!r}"
+                )
+            value = float_in("inference_weight", value, 0.0, 1.0, low_open=True, high_open=False)
+        self._inference_weight = value
+
+    @property
+    def freeze_statistics(self):
+        return self._freeze_statistics
+
+    @freeze_statistics.setter
+    def freeze_statistics(self, value):
+        self._freeze_statistics = check_bool("freeze_statistics", value)
+
+    def _example_weight(self):
+        """The inference example weight as a float, or None when off."""
+        if self.inference_weight == "auto":
+            return 1.0 / self.virtual_batch_size
+        return self.inference_weight
 
     # -- build -----------------------------------------------------------------------
 
@@ -278,19 +357,24 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
         x = ops.cast(inputs, dtype)
         weights = M.mask_weights(mask, x)
         train = bool(training) and self.trainable
-        plain = self.virtual_batch_size is None and not self.renorm
+        # Frozen statistics: training normalizes as inference does (gradients still
+        # reach gamma, beta and the inputs), and no moving average moves.
+        frozen = train and self.freeze_statistics
+        train = train and not frozen
+        weight = None if train or frozen else self._example_weight()
+        plain = self.virtual_batch_size is None and not self.renorm and weight is None
         if plain and kernels.available(x, self._feature_axes, weights if train else None, self.synchronized):
             outputs = self._call_fast(x, train)
         elif train:
             outputs = self._call_train(x, weights, ndim)
         else:
-            outputs = M.normalize(
-                x,
-                self._broadcast(ops.cast(self.moving_mean, dtype), ndim),
-                self._broadcast(ops.cast(self.moving_variance, dtype), ndim),
-                *self._affine(dtype, ndim),
-                self.epsilon,
-            )
+            mean = self._broadcast(ops.cast(self.moving_mean, dtype), ndim)
+            variance = self._broadcast(ops.cast(self.moving_variance, dtype), ndim)
+            if weight is not None:
+                example_axes = tuple(a for a in self._reduction_axes if a != 0)
+                example = M.example_moments(x, example_axes, weights)
+                mean, variance = M.mix_with_example(example, mean, variance, weight)
+            outputs = M.normalize(x, mean, variance, *self._affine(dtype, ndim), self.epsilon)
         return ops.cast(outputs, self.compute_dtype)
 
     def _affine(self, dtype, ndim):
@@ -467,5 +551,7 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
             "renorm_warmup": self.renorm_warmup,
             "virtual_batch_size": self.virtual_batch_size,
             "moving_variance_estimator": self.moving_variance_estimator,
+            "inference_weight": self.inference_weight,
+            "freeze_statistics": self.freeze_statistics,
         }
         return {**super().get_config(), **config}

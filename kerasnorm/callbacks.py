@@ -1,14 +1,19 @@
-"""`BatchStatisticsRecorder`: the mini-batch statistics of batch-norm layers during `fit`."""
+"""Callbacks for batch-norm layers during `fit`: `BatchStatisticsRecorder` (the
+mini-batch statistics) and `FreezeBatchStatistics` (frozen statistics late in training)."""
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import numpy as np
 
 import keras
 
 from kerasnorm import moments as M
+from kerasnorm._common import float_in
 from kerasnorm.batch_normalization import BatchNormalization
-from kerasnorm.population import batch_norm_layers
+from kerasnorm.population import batch_norm_layers, kerasnorm_batch_norms, recalibrate
 
 COLUMNS = ["step", "epoch", "layer", "feature", "batch_mean", "batch_variance", "moving_mean", "moving_variance"]
 
@@ -188,3 +193,120 @@ class BatchStatisticsRecorder(keras.callbacks.Callback):
             )
         columns = {c: np.concatenate([f[c] for f in frames]) for c in COLUMNS}
         return pd.DataFrame(columns)
+
+
+class FreezeBatchStatistics(keras.callbacks.Callback):
+    """Switches batch norm to frozen population statistics for the last part of `fit`.
+
+    From the chosen step on, every selected `kerasnorm.BatchNormalization` trains with
+    `freeze_statistics=True`: its forward pass normalizes with the moving statistics, as
+    inference does, and no longer updates them, while `gamma`, `beta` and every other
+    weight keep training (Wu & Johnson 2021: at small batches this removes the
+    inconsistency between the batch statistics of training and the population statistics
+    of inference). Optionally the moving statistics are first replaced by exact
+    population statistics (`kerasnorm.recalibrate` over `recalibrate_data`), so that the
+    frozen phase starts from the statistics of the current weights rather than from
+    their lagging averages.
+
+    The switch happens before the first training step whose index (counted from 0 at the
+    start of this `fit` call, with the optimizer's `iterations`) reaches `at_step`; the
+    train function is then traced again so the change takes effect (on every backend).
+    With `steps_per_execution > 1` it happens at the first execution that starts at or
+    after that step. The layers stay frozen after `fit` (and in a saved model, through
+    their config); set `layer.freeze_statistics = False` to train with batch statistics
+    again.
+
+    Args:
+        at_step: Int >= 0: the step from which the statistics are frozen. Exactly one
+            of `at_step` and `at_fraction` is given.
+        at_fraction: Float in [0, 1]: the fraction of this `fit` call's steps (epochs
+            times steps per epoch, from its initial epoch) after which they are frozen;
+            `fit` must know its steps per epoch.
+        recalibrate_data: Optional data for `kerasnorm.recalibrate` (arrays, `(x, y)`,
+            a `tf.data.Dataset`, or an iterable of batches), run just before freezing.
+        recalibrate_batch_size: Batch size of that recalibration for array data.
+        recalibrate_steps: Optional number of batches of that recalibration.
+        layers: Optional list of the layers, or their names, to freeze (default: every
+            `kerasnorm.BatchNormalization` of the model, nested models included). Keras's
+            own `BatchNormalization` has no such mode: a model holding one needs `layers`.
+
+    Call arguments:
+        None: a `keras.callbacks.Callback`, passed to `model.fit(callbacks=[...])`.
+        After `fit`, `frozen_at_step` is the step at which it froze (None if it did
+        not).
+
+    Reference:
+        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576), section 5.
+    """
+
+    def __init__(
+        self,
+        at_step=None,
+        at_fraction=None,
+        recalibrate_data=None,
+        recalibrate_batch_size=32,
+        recalibrate_steps=None,
+        layers=None,
+    ):
+        super().__init__()
+        if (at_step is None) == (at_fraction is None):
+            raise ValueError(
+                "Pass exactly one of `at_step` and `at_fraction`. "
+                f"Received: at_step={at_step!r}, at_fraction={at_fraction!r}"
+            )
+        if at_step is not None and (
+            isinstance(at_step, bool) or not isinstance(at_step, numbers.Integral) or at_step < 0
+        ):
+            raise ValueError(f"Argument `at_step` must be an int >= 0. Received: at_step={at_step!r}")
+        self.at_step = None if at_step is None else int(at_step)
+        self.at_fraction = (
+            None if at_fraction is None else float_in("at_fraction", at_fraction, 0.0, 1.0, high_open=False)
+        )
+        self.recalibrate_data = recalibrate_data
+        self.recalibrate_batch_size = M.validate_positive_int(recalibrate_batch_size, "recalibrate_batch_size")
+        self.recalibrate_steps = M.validate_positive_int(recalibrate_steps, "recalibrate_steps", allow_none=True)
+        self.layers = layers
+        self.frozen_at_step = None
+        self._targets = []
+        self._start = 0
+        self._due = None
+
+    def on_train_begin(self, logs=None):
+        self._targets = kerasnorm_batch_norms(self.model, self.layers)
+        self._start = int(self.model.optimizer.iterations)
+        self._due = self.at_step
+        self.frozen_at_step = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._due is None:
+            steps = self.params.get("steps")
+            if not steps:
+                raise ValueError(
+                    "FreezeBatchStatistics(at_fraction=...) needs the number of steps per "
+                    "epoch: pass `steps_per_epoch` to fit, or use `at_step`. Received: "
+                    f"steps={steps!r}"
+                )
+            # The first epoch seen is fit's initial epoch.
+            total = (self.params["epochs"] - epoch) * steps
+            self._due = int(math.ceil(self.at_fraction * total))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations) - self._start
+        if self.frozen_at_step is not None or step < self._due:
+            return
+        if keras.backend.backend() == "jax":
+            # Under JAX, `fit` keeps the variables' latest values out of the model
+            # between steps: write them back before reading or assigning statistics.
+            self.model.jax_state_sync()
+        if self.recalibrate_data is not None:
+            recalibrate(
+                self.model,
+                self.recalibrate_data,
+                batch_size=self.recalibrate_batch_size,
+                steps=self.recalibrate_steps,
+                layers=self._targets,
+            )
+        for layer in self._targets:
+            layer.freeze_statistics = True
+        self.model.make_train_function(force=True)
+        self.frozen_at_step = step

@@ -65,6 +65,9 @@ def foldable_pairs(model):
             continue
         if node.arguments.kwargs.get("training") is True:
             continue
+        if getattr(bn, "inference_weight", None) is not None:
+            # Example weighing makes inference depend on each example: not an affine map.
+            continue
         tensor = node.input_tensors[0]
         producer = tensor._keras_history.operation
         if (
@@ -106,7 +109,8 @@ def fold_batch_norm(model):
     (computed in float64; a layer without bias gains one). The folded BN is replaced by
     a `keras.layers.Identity` of the same name, a no-op that keeps the structure and
     layer names of the model. Other batch-norm layers (after an activation, a shared or
-    multiply-used layer, a non-last feature axis, or called with `training=True`) stay
+    multiply-used layer, a non-last feature axis, called with `training=True`, or with
+    an `inference_weight`, which makes inference depend on each example) stay
     as they are. In inference mode the new model gives the same predictions as the
     original, within float32 rounding; it is meant for inference (in training mode the
     folded layers no longer normalize with batch statistics). The original model is

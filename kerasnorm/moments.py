@@ -111,20 +111,27 @@ def mask_weights(mask, inputs):
 
     A Keras mask covers the leading axes of the inputs (typically `(batch, time)` for a
     `(batch, time, features)` tensor): any prefix of the input shape is accepted, and the
-    trailing axes are expanded so that one mask entry covers a whole feature vector.
+    trailing axes are expanded so that one mask entry covers a whole feature vector. As
+    Keras broadcasts it, an axis of the mask may also have size 1 (one entry for the whole
+    axis, e.g. a mask of shape `(1, time)`); the weights are then broadcast to the
+    leading shape, so every caller can reshape them like the inputs.
     """
     if mask is None:
         return None
     rank, ndim = len(mask.shape), len(inputs.shape)
+    leading = inputs.shape[:rank]
     prefix_ok = rank <= ndim and all(
-        m is None or i is None or m == i for m, i in zip(mask.shape, inputs.shape[:rank])
+        m is None or i is None or m in (1, i) for m, i in zip(mask.shape, leading)
     )
     if not prefix_ok:
         raise ValueError(
-            "The mask must cover the leading axes of the inputs. "
+            "The mask must cover the leading axes of the inputs, each axis of the inputs' "
+            "size or 1. "
             f"Received: mask.shape={tuple(mask.shape)}, inputs.shape={tuple(inputs.shape)}"
         )
     weights = ops.cast(mask, statistics_dtype(inputs.dtype))
+    if any(m == 1 and i != 1 for m, i in zip(mask.shape, leading)):
+        weights = ops.broadcast_to(weights, ops.shape(inputs)[:rank])
     for _ in range(ndim - rank):
         weights = ops.expand_dims(weights, -1)
     return weights
@@ -219,12 +226,47 @@ def moments(inputs, axes, weights=None, synchronized=False):
     return Moments(mean, variance, count)
 
 
-def mean_square(inputs, axes):
+def mean_square(inputs, axes, weights=None):
     """Mean of `x**2` over `axes` (kept), in float32 or better: the statistic of RMS
-    normalization. One pass suffices: a sum of squares has no cancellation, its relative
-    rounding error stays at the float32 level whatever the mean."""
+    normalization and of filter response normalization. One pass suffices: a sum of
+    squares has no cancellation, its relative rounding error stays at the float32 level
+    whatever the mean. With 0/1 `weights` (see `mask_weights`) only valid elements count;
+    where none is valid the result is zero."""
     x = ops.cast(inputs, statistics_dtype(inputs.dtype))
-    return ops.mean(ops.square(x), axis=axes, keepdims=True)
+    if weights is None:
+        return ops.mean(ops.square(x), axis=axes, keepdims=True)
+    weights = ops.cast(weights, x.dtype)
+    count = ops.sum(ops.broadcast_to(weights, ops.shape(x)), axis=axes, keepdims=True)
+    return ops.sum(ops.square(x) * weights, axis=axes, keepdims=True) / ops.maximum(count, 1.0)
+
+
+def example_moments(inputs, axes, weights=None):
+    """`moments` of each example on its own: over `axes`, which exclude the batch axis.
+    With no axis to reduce (a dense layer's units) an example's mean is its value and
+    its variance zero (`ops.mean` over no axis is not the identity on every backend)."""
+    if axes:
+        return moments(inputs, axes, weights)
+    x = ops.cast(inputs, statistics_dtype(inputs.dtype))
+    count = ops.ones_like(x) if weights is None else ops.broadcast_to(ops.cast(weights, x.dtype), ops.shape(x))
+    return Moments(x * ops.minimum(count, 1.0), ops.zeros_like(x), count)
+
+
+def mix_with_example(example, mean, variance, weight):
+    """Mean and variance of the mixture that gives weight `weight` to an example's own
+    statistics (`example`, a `Moments`) and `1 - weight` to `mean` and `variance`:
+
+        mu  = mean + w * (mu_e - mean)
+        var = w * var_e + (1 - w) * variance + w * (1 - w) * (mu_e - mean)**2
+
+    the moments of the union of the two distributions (Summers & Dinneen 2020, inference
+    example weighing), written with the deviation `mu_e - mean` rather than as
+    `E[x^2] - mu^2`, which cancels. An example with no valid element keeps `mean` and
+    `variance`."""
+    w = ops.where(example.count > 0, weight, 0.0)
+    deviation = example.mean - mean
+    mixed_mean = mean + w * deviation
+    mixed_variance = w * example.variance + (1.0 - w) * variance + w * (1.0 - w) * ops.square(deviation)
+    return mixed_mean, mixed_variance
 
 
 def normalize(inputs, mean, variance, scale, offset, epsilon):

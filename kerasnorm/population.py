@@ -58,6 +58,67 @@ def batch_norm_layers(model, layers=None, argument="layers"):
     return selected
 
 
+def set_inference_weight(model, weight, layers=None):
+    """Sets the inference example weight of the `kerasnorm.BatchNormalization` layers of
+    a model, trained or not; None switches example weighing off.
+
+    See `BatchNormalization(inference_weight=...)`: in inference each example is then
+    normalized with the mixture of its own moments (weight `weight`) and the moving
+    statistics (Summers & Dinneen 2020). Training is unchanged. The model's cached
+    predict and evaluate functions are dropped so that the next `predict` or `evaluate`
+    traces them with the new weight.
+
+    Args:
+        model: A Keras model.
+        weight: None, a float in (0, 1] (`1 / B` for a training normalization batch of
+            `B`), or `"auto"` (`1 / virtual_batch_size`, for ghost-batch layers).
+        layers: Optional list of the layers, or their names, to set (default: every
+            `kerasnorm.BatchNormalization` of the model, nested models included).
+
+    Returns:
+        The list of layers set.
+
+    Reference:
+        - [Summers and Dinneen, 2020](https://arxiv.org/abs/1906.03548), section 3.
+    """
+    targets = kerasnorm_batch_norms(model, layers)
+    for layer in targets:
+        layer.inference_weight = weight
+    model.predict_function = None
+    model.test_function = None
+    return targets
+
+
+def kerasnorm_batch_norms(model, layers=None):
+    """`batch_norm_layers`, refusing Keras's layers, which have no small-batch remedies."""
+    targets = batch_norm_layers(model, layers)
+    foreign = [l.name for l in targets if not isinstance(l, BatchNormalization)]
+    if foreign:
+        raise ValueError(
+            "Only kerasnorm.BatchNormalization layers have inference example weighing and "
+            f"frozen statistics; these are keras.layers.BatchNormalization: {foreign}. "
+            "Pass `layers` to select kerasnorm's, or swap the layers in."
+        )
+    return targets
+
+
+@contextlib.contextmanager
+def _without_example_weighing(model):
+    """Plain inference (no example weighing) in every kerasnorm batch norm of `model`."""
+    weighed = [
+        (l, l.inference_weight)
+        for l in batch_norm_layers(model)
+        if isinstance(l, BatchNormalization) and l.inference_weight is not None
+    ]
+    try:
+        for layer, _ in weighed:
+            layer.inference_weight = None
+        yield
+    finally:
+        for layer, weight in weighed:
+            layer.inference_weight = weight
+
+
 # -- data --------------------------------------------------------------------------------
 
 
@@ -230,7 +291,9 @@ def recalibrate(model, data, batch_size=32, steps=None, layers=None):
     layer before it: the result is the statistics the inference network actually feeds
     each layer (recalibrating all layers from one pass would leave each layer with
     statistics of inputs computed with its predecessors' old statistics). A layer shared
-    within the model is fed by all its calls, and its passes run the whole model.
+    within the model is fed by all its calls, and its passes run the whole model. Example
+    weighing (`inference_weight`) is off during these passes: the statistics are those of
+    the plain inference network, and a layer's weight applies on top of them afterwards.
 
     The layers' inputs are captured by temporarily wrapping their `call` and running the
     model eagerly; any Keras model works, subclassed ones included. Cost: one forward pass
@@ -279,20 +342,23 @@ def recalibrate(model, data, batch_size=32, steps=None, layers=None):
         raise ValueError("Argument `data` holds no batch. Received: an empty data set")
 
     rows = []
-    for layer, calls_per_pass in _call_order(model, targets, first):
-        population = _population_of(model, layer, calls_per_pass, batches)
-        old_mean, old_var, new_mean, new_var = _assign(layer, population)
-        mean_change, var_change = np.abs(new_mean - old_mean), np.abs(new_var - old_var)
-        rows.append(
-            {
-                "layer": layer.name,
-                "count": int(population.count.min()),
-                "mean_max_abs_change": float(mean_change.max()),
-                "mean_mean_abs_change": float(mean_change.mean()),
-                "variance_max_abs_change": float(var_change.max()),
-                "variance_mean_abs_change": float(var_change.mean()),
-                "mean_max_shift_in_std": float((mean_change / np.sqrt(old_var + layer.epsilon)).max()),
-                "variance_max_rel_change": float((var_change / np.maximum(old_var, np.finfo("float32").tiny)).max()),
-            }
-        )
+    # Population statistics are those of the plain inference network, the one whose
+    # statistics training's moving averages estimate: example weighing stays off.
+    with _without_example_weighing(model):
+        for layer, calls_per_pass in _call_order(model, targets, first):
+            population = _population_of(model, layer, calls_per_pass, batches)
+            old_mean, old_var, new_mean, new_var = _assign(layer, population)
+            mean_change, var_change = np.abs(new_mean - old_mean), np.abs(new_var - old_var)
+            rows.append(
+                {
+                    "layer": layer.name,
+                    "count": int(population.count.min()),
+                    "mean_max_abs_change": float(mean_change.max()),
+                    "mean_mean_abs_change": float(mean_change.mean()),
+                    "variance_max_abs_change": float(var_change.max()),
+                    "variance_mean_abs_change": float(var_change.mean()),
+                    "mean_max_shift_in_std": float((mean_change / np.sqrt(old_var + layer.epsilon)).max()),
+                    "variance_max_rel_change": float((var_change / np.maximum(old_var, np.finfo("float32").tiny)).max()),
+                }
+            )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
