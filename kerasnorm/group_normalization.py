@@ -83,8 +83,8 @@ class GroupNormalization(AffineMixin, keras.layers.Layer):
             or (groups <= 0 and groups != -1)
         ):
             raise ValueError(
-                "Argument `groups` must be a positive int, or -1 for instance "
-                f"normalization. Received: groups={groups!r}"
+                "Received an invalid value for argument `groups`, expected a positive "
+                f"integer (or `-1` for instance normalization). Received: groups={groups!r}"
             )
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise ValueError(f"Argument `axis` must be an int (the channel axis). Received: axis={axis!r}")
@@ -112,15 +112,25 @@ class GroupNormalization(AffineMixin, keras.layers.Layer):
         channels = input_shape[axis]
         if channels is None:
             raise ValueError(
-                f"Axis {self.axis} of the input must have a known size to hold weights. "
-                f"Received: input_shape={tuple(input_shape)}"
+                f"Axis {self.axis} of input tensor should have a defined dimension but the "
+                f"layer received an input with shape {tuple(input_shape)}."
             )
         groups = channels if self.groups == -1 else self.groups
+        received = (
+            f"Received: groups={self.groups}, channels={channels} (axis {self.axis} of "
+            f"input_shape={tuple(input_shape)})"
+        )
+        # Keras's phrases; "a multiple of the number of channels" is Keras's wording for
+        # "a divisor".
+        if groups > channels:
+            raise ValueError(
+                f"Number of groups ({groups}) cannot be more than the number of channels "
+                f"({channels}). {received}"
+            )
         if channels % groups:
             raise ValueError(
-                "Argument `groups` must divide the number of channels. "
-                f"Received: groups={self.groups}, channels={channels} (axis {self.axis} of "
-                f"input_shape={tuple(input_shape)})"
+                f"Number of groups ({groups}) must be a multiple of the number of channels "
+                f"({channels}). {received}"
             )
         self._channel_axis = axis
         self._num_groups = groups

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import keras
 from keras import ops
 
 from kerasnorm import moments as M
-from kerasnorm._common import positive_float
+from kerasnorm._common import call_axes, keras_axis_argument, positive_float
 
 
 @keras.saving.register_keras_serializable(package="kerasnorm")
@@ -24,7 +23,9 @@ class RMSNormalization(keras.layers.Layer):
     files and numbers are those of Keras's layer. The mean square is computed in float32
     (float64 for float64 inputs) by `kerasnorm.moments.mean_square`, also for
     float16/bfloat16 inputs.
-    A mask passes through unchanged (each position is normalized on its own).
+    A mask passes through unchanged (each position is normalized on its own). As Keras's,
+    a layer built for inputs of one rank normalizes `axis` of inputs of another (e.g. the
+    last axis for `axis=-1`); where `scale` does not fit those axes it raises `ValueError`.
 
     Args:
         axis: Integer or list of integers, the axes to normalize over (and that `scale`
@@ -42,27 +43,31 @@ class RMSNormalization(keras.layers.Layer):
 
     def __init__(self, axis=-1, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        self.axis = M.validate_axis_argument(axis)
+        self.axis = keras_axis_argument(axis)
         self.epsilon = positive_float("epsilon", epsilon)
         self.supports_masking = True
         # The mean square is computed in float32 whatever the policy: no input autocast.
         self.autocast = False
         self.scale = None
-        self._axes = None
+        self._built_rank = None
 
     def build(self, input_shape):
-        self._axes, shape = M.weight_axes_and_shape(self.axis, input_shape)
+        _, shape = M.weight_axes_and_shape(self.axis, input_shape)
+        self._built_rank = len(input_shape)
+        # Keras's form, which `get_config` then reports: a sorted list once built.
+        self.axis = sorted(self.axis) if isinstance(self.axis, list) else [self.axis]
         self.scale = self.add_weight(name="scale", shape=shape, initializer="ones", autocast=False)
 
     def call(self, inputs):
         M.check_floating(inputs, self.name)
         ndim = len(inputs.shape)
+        axes = call_axes(self.axis, inputs.shape, self._built_rank, self.scale.shape, self.name)
         dtype = M.statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
-        mean_square = M.mean_square(x, self._axes)
+        mean_square = M.mean_square(x, axes)
         scale_shape = [1] * ndim
-        for i, a in enumerate(self._axes):
-            scale_shape[a] = self.scale.shape[i]
+        for a, n in zip(axes, self.scale.shape):
+            scale_shape[a] = n
         scale = ops.reshape(ops.cast(self.scale, dtype), scale_shape)
         # Zero mean: `normalize` then computes x * rsqrt(mean_square + epsilon) * scale.
         outputs = M.normalize(x, 0.0, mean_square, scale, None, self.epsilon)

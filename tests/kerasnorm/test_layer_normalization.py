@@ -91,7 +91,6 @@ def test_large_mean_small_spread():
         ({"axis": "last"}, "axis='last'"),
         ({"axis": [0.5]}, "axis=[0.5]"),
         ({"scale": 1}, "scale=1"),
-        ({"rms_scaling": True}, "rms_scaling=True"),
     ],
 )
 def test_invalid_arguments_name_the_value(kwargs, needle):
