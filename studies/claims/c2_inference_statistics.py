@@ -16,16 +16,18 @@ evaluates the test set four ways:
 sample's logits change when its batch-mates change, in inference mode and, as a control
 that the measurement can see a dependence, in training mode.
 
-Rule (fixed before looking at results): at Keras's default momentum 0.99, the EMA stands in
-for the population statistics when the mean paired difference (a) - (b) is within
-`TOLERANCE_PP`; a batch of one "collapses" when (d)'s mean accuracy is within
-`NEAR_CHANCE_PP` of chance (10 %); eval-mode outputs "do not depend on batch-mates" when no
-run's logits move by more than `INDEPENDENCE_TOLERANCE`. Each is checked per model; the
-verdict is supported when every check holds, partly supported when some do, not supported
-when none does.
+Rule (checks on the four-way scale of `studies.stats`): decisive, per model at Keras's
+default momentum 0.99, the EMA stands in for the population statistics when the paired
+difference (a) - (b) is within +-`TOLERANCE_PP` (an equivalence test, blocked while the model
+has not converged or both sit at the ceiling), and over all runs the inference-mode logits
+move by at most `INDEPENDENCE_TOLERANCE` when a sample's batch-mates change; secondary, per
+model, a batch of one normalized with its own statistics collapses to within
+`NEAR_CHANCE_PP` of chance (why stored statistics are needed at all).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas
@@ -42,14 +44,30 @@ TITLE = "At test time BN uses exponential moving averages of mu and sigma"
 # -- the grid, as data ------------------------------------------------------------------
 DEFAULT_MOMENTUM = 0.99  # Keras's default; the rule is checked there
 TEST_BATCH = 100  # samples per test batch for (c)
-TOLERANCE_PP = 0.5  # percentage points: "(a) within ~0.5 pp of (b)"
+#: Percentage points: the EMA "stands in" when (a) is within this of (b). No published figure
+#: exists; 1 pp is 10 of the 1000 test predictions, less than what any other check of the
+#: study counts as an effect. (0.5 pp before issue 11, tighter than the seeds could resolve.)
+TOLERANCE_PP = 1.0
 NEAR_CHANCE_PP = 10.0  # percentage points above chance (10 %) that still count as collapsed
 INDEPENDENCE_TOLERANCE = 1e-4  # logits: float32 round-off of different batch shapes is below
-#: profile -> (models, BN momenta, seeds, num_samples of MNIST-1D (80% train), epochs)
+#: The pilot is the previous full run (5 seeds, 5 epochs): sd of the paired gap (a) - (b) at
+#: momentum 0.99 was 1.8 pp (MLP) and 4.5 pp (CNN) with neither model converged; a converged
+#: network's EMA trails less, so 5 seeds are kept and the sequential plan adds 3 at a time.
+SEED_PLAN = stats.SeedPlan(
+    pilot=5, initial=5, block=3, cap=11,
+    why="pilot (5 epochs, unconverged) sd of the gap 1.8 pp (MLP), 4.5 pp (CNN); longer training "
+        "shrinks it, so 5 seeds and blocks of 3 up to 11",
+)  # fmt: skip
+#: Epochs per model in the full profile: until the training loss levels off (plateau at most
+#: `stats.PLATEAU_THRESHOLD`), measured on seed 0: the CNN after about 15 epochs, the MLP,
+#: which goes on fitting its 3200 training samples, needs about 30. (5 for both before
+#: issue 11: neither had converged, and (a) - (b) compared weights still on the move.)
+FULL_EPOCHS = {"mlp": 30, "cnn1d": 15}
+#: profile -> (models, BN momenta, seeds, num_samples of MNIST-1D (80% train), epochs per model)
 PROFILES = {
-    "smoke": (("mlp", "cnn1d"), (0.99,), (0,), 1000, 1),  # (c) needs test batches of 100
-    "quick": (("mlp", "cnn1d"), (0.99,), (0, 1), 4000, 5),
-    "full": (("mlp", "cnn1d"), (0.9, 0.99, 0.999), tuple(range(5)), 4000, 5),
+    "smoke": (("mlp", "cnn1d"), (0.99,), (0,), 1000, {"mlp": 1, "cnn1d": 1}),  # (c) needs test batches of 100
+    "quick": (("mlp", "cnn1d"), (0.99,), (0, 1), 4000, {"mlp": 5, "cnn1d": 5}),
+    "full": (("mlp", "cnn1d"), (0.9, 0.99, 0.999), tuple(range(SEED_PLAN.initial)), 4000, FULL_EPOCHS),
 }
 MODEL_LABELS = {"mlp": "MLP 3x100", "cnn1d": "1-D CNN"}
 #: The four ways of evaluating: row column and label.
@@ -69,12 +87,14 @@ def grid(profile):
         dataset="mnist1d",
         num_samples=num_samples,
         norm="batch",
-        epochs=epochs,
         batch_size=32,
         optimizer="sgd",
         learning_rate=0.05,
     )
-    return concat(product(base, model=list(models), bn_momentum=list(momenta), seed=list(seeds)))
+    return concat(*(
+        product(dataclasses.replace(base, model=model, epochs=epochs[model]), bn_momentum=list(momenta), seed=list(seeds))
+        for model in models
+    ))  # fmt: skip
 
 
 # -- the task ---------------------------------------------------------------------------
@@ -124,13 +144,13 @@ def inference_statistics(config: RunConfig) -> dict:
 # -- the analysis -----------------------------------------------------------------------
 
 RULE = (
-    f"Per model, at Keras's default momentum {DEFAULT_MOMENTUM:g}: the EMA stands in for "
-    "the population statistics when the mean paired accuracy difference (a) - (b) is "
-    f"within {TOLERANCE_PP:g} pp; a batch of one collapses when (d)'s mean accuracy is "
-    f"within {NEAR_CHANCE_PP:g} pp of chance (10 %). Over all runs, inference-mode logits "
-    f"must move by at most {INDEPENDENCE_TOLERANCE:g} when a sample's batch-mates change. "
-    "Supported when every check holds, partly supported when some do, not supported "
-    "when none does."
+    f"Decisive, per model at Keras's default momentum {DEFAULT_MOMENTUM:g}: the paired "
+    f"accuracy difference (a) EMA - (b) population statistics lies within ±{TOLERANCE_PP:g} pp "
+    "(equivalence); and over all runs the inference-mode logits move by at most "
+    f"{INDEPENDENCE_TOLERANCE:g} when a sample's batch-mates change. Secondary, per model: (d) "
+    f"a batch of one collapses to within {NEAR_CHANCE_PP:g} pp of chance (10 %). A model whose "
+    "training loss had not levelled off, or whose (a) and (b) both sit within 1 pp of 100 %, "
+    "leaves its equivalence check undecided."
 )
 
 ANCHOR = (
@@ -182,27 +202,37 @@ def analyze(rows: pandas.DataFrame) -> dict:
 
     models = [m for m in MODEL_LABELS if m in set(ok["model"])]
     chance = 100.0 * common.CHANCE_ACCURACY
-    parts = {}
+    at_default = ok[ok["bn_momentum"] == DEFAULT_MOMENTUM]
+    unconverged = stats.unconverged_arms(at_default, "model")
+    checks, secondary = [], []
     for model in models:
-        d = gap_of(model, DEFAULT_MOMENTUM)
-        parts[
-            f"{MODEL_LABELS[model]}: at momentum {DEFAULT_MOMENTUM:g} the accuracy with the EMA is "
-            f"within {TOLERANCE_PP:g} pp of the population statistics' (mean paired "
-            f"difference {d.mean:+.2f} pp)"
-        ] = d.n > 0 and abs(d.mean) <= TOLERANCE_PP
-    for model in models:
-        single = lookup(model, DEFAULT_MOMENTUM, "single")
-        parts[
-            f"{MODEL_LABELS[model]}: a batch of one normalized with its own statistics collapses "
-            f"to near chance (at most {chance + NEAR_CHANCE_PP:g} %; measured {single.mean:.1f} %)"
-        ] = single.n > 0 and single.mean <= chance + NEAR_CHANCE_PP
+        blockers = [b for b in unconverged if f"model={model} " in b] + [
+            stats.ceiling_blocker(lookup(model, DEFAULT_MOMENTUM, "ema"), lookup(model, DEFAULT_MOMENTUM, "population"),
+                                  chance, f"{MODEL_LABELS[model]}, (a) and (b)")
+        ]
+        checks.append(stats.Check(
+            name=f"{MODEL_LABELS[model]}: accuracy with the EMA minus population statistics, momentum "
+                 f"{DEFAULT_MOMENTUM:g} (same run)",
+            effect=gap_of(model, DEFAULT_MOMENTUM), threshold=TOLERANCE_PP, kind="within", unit=" pp",
+            blockers=tuple(b for b in blockers if b),
+            why="no published gap; 1 pp is 10 of 1000 test predictions, below any effect the study counts",
+        ))  # fmt: skip
+        secondary.append(stats.Check(
+            name=f"{MODEL_LABELS[model]}: accuracy of (d), a batch of one in training mode, above chance",
+            effect=stats.estimate(_accuracy_pct(at_default[at_default["model"] == model], "c2/accuracy_single") - chance),
+            threshold=NEAR_CHANCE_PP, kind="at_most", unit=" pp", decisive=False,
+            why="a single sample's own statistics normalize every feature of an MLP to zero (output "
+                "constant: chance); 10 pp leaves room for the CNN's per-position statistics",
+        ))  # fmt: skip
     inference_diff = ok["c2/batchmate_max_abs_diff_inference"].astype(float)
     training_diff = ok["c2/batchmate_max_abs_diff_training"].astype(float)
-    parts[
-        f"In inference mode no run's logits move by more than {INDEPENDENCE_TOLERANCE:g} when "
-        f"a sample's batch-mates change (largest: {inference_diff.max():.1e}; in training mode: "
-        f"{training_diff.max():.1e})"
-    ] = bool(len(ok)) and bool((inference_diff <= INDEPENDENCE_TOLERANCE).all())
+    checks.append(stats.Check(
+        name="largest change of a sample's inference-mode logits when its batch-mates change (per run)",
+        effect=stats.estimate(inference_diff), threshold=INDEPENDENCE_TOLERANCE, kind="at_most",
+        why="Algorithm 2: at inference the output depends on the input alone; 1e-4 is above float32 "
+            "round-off between batch shapes",
+    ))  # fmt: skip
+    checks += secondary
 
     momenta = sorted(ok["bn_momentum"].unique())
     evidence = [(f"{MODEL_LABELS[m]}: accuracy with EMA minus population statistics, momentum {mo:g}",
@@ -215,13 +245,16 @@ def analyze(rows: pandas.DataFrame) -> dict:
                  ("the same in training mode (batch statistics)", stats.estimate(training_diff), "")]
 
     first = ok.iloc[0] if len(ok) else None
-    steps = int(ok["steps"].max()) if len(ok) else 0
+    steps = int(ok["steps"].min()) if len(ok) else 0
+    budget = ", ".join(
+        f"{MODEL_LABELS[m]} {int(g['epochs'].iloc[0])} epochs ({int(g['steps'].iloc[0])} steps)"
+        for m, g in ok.groupby("model", sort=False)
+    )
     diverged = int(ok["diverged"].astype(bool).sum()) if len(ok) else 0
     setup = (
         f"MNIST-1D ({'?' if first is None else int(first['num_samples'])} samples, 80% train); "
         f"{' and '.join(MODEL_LABELS[m] for m in models)} with BN (dense/conv -> BN -> ReLU); "
-        f"batch 32, SGD with momentum 0.9 at learning rate 0.05, "
-        f"{'?' if first is None else int(first['epochs'])} epochs ({steps} steps); BN moving-average "
+        f"batch 32, SGD with momentum 0.9 at learning rate 0.05, {budget}; BN moving-average "
         f"momentum {', '.join(f'{m:g}' for m in momenta)}; {ok['seed'].nunique() if len(ok) else 0} "
         f"seeds per arm. Training normalizes with batch statistics, so the momentum does not "
         f"change the trained weights: (b), (c) and (d) are the same networks at every momentum "
@@ -248,13 +281,21 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "anneals the rate would shrink the gap between (a) and (b).",
         "The population statistics use the biased variance (Keras's convention for the "
         "moving variance) rather than Algorithm 2's m/(m-1) average of mini-batch variances.",
+        "Convergence: the equivalence check compares end-of-training accuracies, so a model "
+        "whose runs at momentum 0.99 did not all level off leaves it undecided; the budgets "
+        "were raised for issue 11 (from 5 epochs for both) until seed 0 of each model levelled "
+        "off. Ceiling: both models stay far from 100 % and from chance with (a) and (b), so no "
+        "ceiling or floor blocks the comparison unless the checks say so.",
+        f"The equivalence margin moved from 0.5 to {TOLERANCE_PP:g} pp with issue 11, after the "
+        "previous run: at 0.5 pp the seed plan's cap could not have resolved it.",
     ]
     return stats.make_analysis(
         claim=CLAIM_ID,
         title=TITLE,
-        verdict=stats.verdict_from(parts),
         rule=RULE,
-        parts=parts,
+        checks=checks,
+        seed_plan=SEED_PLAN,
+        convergence=stats.convergence_table(ok, ["model", "bn_momentum"]),
         evidence=evidence,
         anchor=ANCHOR,
         setup=setup,

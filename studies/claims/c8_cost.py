@@ -7,10 +7,10 @@ by call: training (forward + backward, gradients of every trainable weight) and 
 independent repetition (its `seed`); within a run a norm's time is the median over calls
 and the LN/BN ratio the median of pairwise ratios. Intervals are over runs.
 
-Rule (fixed before measuring): for each (model, mode) case the LN/BN time ratio is
-"measurably above 1" when its interval lies wholly above 1. Supported if that holds for
-kerasnorm's layers in at least one case *and* for Keras's built-ins in at least one case;
-partly supported if for one of the two only; not supported if in no case.
+Rule (checks on the four-way scale of `studies.stats`): for kerasnorm's layers and for
+Keras's built-ins, decisive, LN's extra time over BN (the LN/BN ratio minus 1, in %) in the
+case where it is largest is at least `MORE_PCT` ("can be more": one case suffices); secondary,
+it is at most `SLIGHTLY_PCT` there ("slightly").
 """
 
 from __future__ import annotations
@@ -36,8 +36,20 @@ CASES = {
     "rnn": ("sequences", (32, 8), 64, ("none", "batch", "layer")),  # LSTM cells, 32 steps
 }
 MODES = ("train", "inference")
+#: LN's extra time over BN that counts as "more", in %: the layer benchmark's A/A control
+#: (two copies of one Keras layer) spreads up to 5-8 %, so less is not a cost a user sees.
+MORE_PCT = 5.0
+#: "Slightly": at most half again BN's time (the RMSNorm paper's savings over LN, 7-64 %,
+#: bound what LN's own statistics cost).
+SLIGHTLY_PCT = 50.0
+#: The pilot is the previous full run: the per-run LN/BN ratios of a case spread by about
+#: 1.2 % (sd), so 3 runs give a half-width under 2.5 % (half of `MORE_PCT`); 5 keep the grid.
+SEED_PLAN = stats.SeedPlan(
+    pilot=5, initial=5, block=2, cap=9,
+    why="pilot sd of a case's LN/BN ratio about 1.2 %: 3 runs for a half-width of 2.5 %; 5 kept",
+)  # fmt: skip
 #: profile -> (repetitions = runs per case, timed calls per norm within a run)
-PROFILES = {"smoke": (1, 3), "quick": (2, 5), "full": (5, 20)}
+PROFILES = {"smoke": (1, 3), "quick": (2, 5), "full": (SEED_PLAN.initial, 20)}
 
 
 def grid(profile):
@@ -143,15 +155,24 @@ def analyze(rows):
                 times.append({"model": model, "mode": m, "arm": column.split("/")[1], **stats.estimate(group[column]).to_dict()})
     times = pandas.DataFrame(times, columns=["model", "mode", "arm", "mean", "low", "high", "n"])
 
-    def slower(label):
-        sub = ratios[(ratios["ratio"] == label) & (ratios["n"] >= 2) & (ratios["low"] > 1.0)]
-        return [f"{r.model} {r.mode}" for r in sub.itertuples()]
-
-    ours, theirs = slower("kerasnorm LN / BN"), slower("Keras LN / BN")
-    parts = {
-        f"kerasnorm's LN measurably slower than its BN in some case ({', '.join(ours) or 'none'})": bool(ours),
-        f"Keras's LN measurably slower than its BN in some case ({', '.join(theirs) or 'none'})": bool(theirs),
-    }
+    checks, secondary = [], []
+    for label, who in (("kerasnorm LN / BN", "kerasnorm's"), ("Keras LN / BN", "Keras's")):
+        sub = ratios[ratios["ratio"] == label].sort_values(["mean", "model", "mode"], ascending=[False, True, True])
+        case = sub.iloc[0] if len(sub) else None
+        extra = (stats.Estimate(*(float(100.0 * (case[k] - 1.0)) for k in ("mean", "low", "high")), int(case["n"]))
+                 if case is not None else stats.Estimate(float("nan"), float("nan"), float("nan"), 0))
+        where = f"{case['model']} {case['mode']}" if case is not None else "no case"
+        checks.append(stats.Check(
+            name=f"{who} LN: extra time over BN, largest case ({where})", effect=extra, threshold=MORE_PCT,
+            kind="at_least", unit=" %",
+            why="the layer benchmark's A/A control spreads up to 5-8 %: less is no cost a user sees",
+        ))  # fmt: skip
+        secondary.append(stats.Check(
+            name=f"{who} LN: extra time over BN is slight ({where})", effect=extra, threshold=SLIGHTLY_PCT,
+            kind="at_most", unit=" %", decisive=False,
+            why="'slightly': at most half again BN's time; the RMSNorm paper's 7-64 % savings over LN bound it",
+        ))  # fmt: skip
+    checks += secondary
     evidence = []
     for label in ("kerasnorm LN / BN", "Keras LN / BN"):
         sub = ratios[ratios["ratio"] == label].sort_values("mean", ascending=False)
@@ -166,14 +187,15 @@ def analyze(rows):
     return stats.make_analysis(
         claim=CLAIM_ID,
         title=TITLE,
-        verdict=stats.verdict_from(parts),
         rule=(
-            "For each model and mode, the LN/BN time ratio (median of pairwise ratios within a "
-            "run; interval over runs) is measurably above 1 when its whole interval is above 1. "
-            "Supported if so in at least one case for kerasnorm's layers and in at least one for "
-            "Keras's built-ins; partly supported if for one of the two; not supported if none."
+            "For kerasnorm's layers and for Keras's, decisive: LN's extra time over BN (LN/BN "
+            "ratio - 1: the median of pairwise ratios within a run; interval over runs) is at "
+            f"least {MORE_PCT:g} % in the case where it is largest; secondary: it is at most "
+            f"{SLIGHTLY_PCT:g} % there."
         ),
-        parts=parts,
+        checks=checks,
+        seed_plan=SEED_PLAN,
+        convergence=None,
         evidence=evidence,
         anchor=(
             "RMSNorm paper (Zhang & Sennrich 2019): RMSNorm cuts 7%-64% of LN's running time; at "
@@ -192,6 +214,12 @@ def analyze(rows):
             "At these sizes per-call overhead is a large part of the time, which dilutes "
             "differences between norms; the layer benchmarks below time the layers alone on larger tensors.",
             "Recurrent BN (per-step statistics) and LN cells are kerasnorm's; Keras has no such cells.",
+            "The claim is about cost, so the measurement is the time of a fixed number of calls: "
+            "no training, no convergence to check, and no accuracy, so no ceiling.",
+            "Each check reads the case with the largest mean ratio, chosen after measuring: with "
+            "per-case intervals of a few percent the choice inflates the effect by at most about "
+            "that much. The thresholds were fixed at the move to the four-way scale (issue 11), "
+            "after the previous run had been seen.",
         ],
         tables={"time ratios": ratios, "milliseconds per call": times},
         figures={"fig-c8-cost": "LN/BN time ratio per model and mode, kerasnorm's layers and "
