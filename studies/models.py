@@ -59,6 +59,7 @@ def norm_layer(
     virtual_batch_size=None,
     renorm_clipping=None,
     renorm_momentum=0.99,
+    renorm_warmup=None,
     name=None,
 ):
     """A normalization layer for features on `feature_axes`, or None for ``norm="none"``.
@@ -88,6 +89,7 @@ def norm_layer(
             renorm=True,
             renorm_clipping=dict(renorm_clipping or {"rmax": 3.0, "dmax": 5.0}),
             renorm_momentum=renorm_momentum,
+            renorm_warmup=None if renorm_warmup is None else tuple(renorm_warmup),
             **batch_args,
         )
     if norm == "keras_batch":
@@ -168,7 +170,7 @@ def build_model(
             weights are a function of the seed.
         **norm_options: passed to each norm layer (`norm_layer`: ``momentum``,
             ``epsilon``, ``groups``, ``virtual_batch_size``, ``renorm_clipping``,
-            ``renorm_momentum``).
+            ``renorm_momentum``, ``renorm_warmup``).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown model kind '{kind}'. Known kinds: {', '.join(KINDS)}")
@@ -235,3 +237,229 @@ def _feedforward(kind, inputs, norm, activation, widths, dropout, kernel_size, n
     if pool is not None:
         h = (keras.layers.GlobalAveragePooling1D if rank == 2 else keras.layers.GlobalAveragePooling2D)()(h)
     return h
+
+
+# ---------------------------------------------------------------------------------------
+# Stacked models: K independent members of one architecture trained as one model.
+#
+# The members are folded into the channel axis: activations are ``(batch, ..., K * C)``
+# and member k owns channels ``[k * C, (k + 1) * C)``. Per-channel layers (batch norms and
+# their variants, activations, dropout, pooling) then act on each member unchanged: a batch
+# norm's statistics of a channel are over that member's batch only. The linear layers hold
+# one kernel per member (`StackedDense`, `StackedConv`); group norm with g groups per
+# member is group norm with K * g groups; layer norm of a member is group norm with K
+# groups followed by the per-unit scale and offset (`UnitAffine`) layer norm keeps.
+
+#: Norms a stacked model can hold (the others, per-sample norms over all units with a
+#: weight layout group norm cannot express, train unstacked).
+STACKED_NORMS = ("none", "batch", "batch_renorm", "ghost", "keras_batch", "layer", "group")
+STACKED_KINDS = ("mlp", "cnn1d", "cnn2d")
+
+
+class StackedDense(keras.layers.Layer):
+    """`members` independent ``Dense`` layers on member-folded features.
+
+    Args:
+        members: number of members K.
+        units: output units per member.
+        use_bias: whether each member adds a bias.
+
+    Call arguments:
+        inputs: ``(batch, members * in_units)``; member k reads its own block of inputs.
+
+    Weights: ``kernel`` ``(members, in_units, units)``, ``bias`` ``(members * units,)``.
+    """
+
+    def __init__(self, members, units, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.members, self.units, self.use_bias = int(members), int(units), bool(use_bias)
+
+    def build(self, input_shape):
+        if input_shape[-1] % self.members:
+            raise ValueError(
+                f"{self.name}: the features do not split into {self.members} members. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        self.in_units = input_shape[-1] // self.members
+        self.kernel = self.add_weight(
+            shape=(self.members, self.in_units, self.units), name="kernel", initializer="glorot_uniform"
+        )
+        self.bias = (
+            self.add_weight(shape=(self.members * self.units,), name="bias", initializer="zeros")
+            if self.use_bias
+            else None
+        )
+
+    def call(self, inputs):
+        h = keras.ops.reshape(inputs, (-1, self.members, self.in_units))
+        h = keras.ops.einsum("bki,kio->bko", h, self.kernel)
+        h = keras.ops.reshape(h, (-1, self.members * self.units))
+        return h if self.bias is None else h + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.members * self.units)
+
+
+class StackedConv(keras.layers.Layer):
+    """`members` independent stride-1 ``same``-padded convolutions (1-D or 2-D) on
+    member-folded channels, as shifted copies of the input contracted with each member's
+    kernel (grouped convolutions are not available on every TensorFlow CPU build).
+
+    Args:
+        members: number of members K.
+        filters: output channels per member.
+        kernel_size: odd kernel size (the same on every spatial axis).
+        rank: 1 or 2 spatial axes.
+        use_bias: whether each member adds a bias.
+
+    Call arguments:
+        inputs: ``(batch, *spatial, members * in_channels)``.
+
+    Weights: ``kernel`` ``(members, kernel_size ** rank, in_channels, filters)`` (a Keras
+    conv kernel with its spatial axes flattened row-major), ``bias`` ``(members * filters,)``.
+    """
+
+    def __init__(self, members, filters, kernel_size, rank, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        if kernel_size % 2 != 1 or rank not in (1, 2):
+            raise ValueError(f"StackedConv needs an odd kernel_size and rank 1 or 2. Received: {kernel_size}, {rank}")
+        self.members, self.filters, self.kernel_size, self.rank = int(members), int(filters), int(kernel_size), rank
+        self.use_bias = bool(use_bias)
+
+    def build(self, input_shape):
+        self.spatial = tuple(input_shape[1:-1])
+        self.in_channels = input_shape[-1] // self.members
+        self.kernel = self.add_weight(
+            shape=(self.members, self.kernel_size**self.rank, self.in_channels, self.filters),
+            name="kernel",
+            initializer="glorot_uniform",
+        )
+        self.bias = (
+            self.add_weight(shape=(self.members * self.filters,), name="bias", initializer="zeros")
+            if self.use_bias
+            else None
+        )
+
+    def call(self, inputs):
+        k, half = self.kernel_size, self.kernel_size // 2
+        x = keras.ops.reshape(inputs, (-1, *self.spatial, self.members, self.in_channels))
+        x = keras.ops.pad(x, [(0, 0)] + [(half, half)] * self.rank + [(0, 0), (0, 0)])
+        if self.rank == 1:
+            (length,) = self.spatial
+            shifts = [x[:, i : i + length] for i in range(k)]
+            equation = "blski,ksio->blko"
+        else:
+            height, width = self.spatial
+            shifts = [x[:, i : i + height, j : j + width] for i in range(k) for j in range(k)]
+            equation = "bhwski,ksio->bhwko"
+        h = keras.ops.einsum(equation, keras.ops.stack(shifts, axis=-3), self.kernel)
+        h = keras.ops.reshape(h, (-1, *self.spatial, self.members * self.filters))
+        return h if self.bias is None else h + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.members * self.filters)
+
+
+class UnitAffine(keras.layers.Layer):
+    """A scale ``gamma`` and offset ``beta`` per unit (every non-batch position), the
+    affine part of a layer norm whose statistics a layer before it computed."""
+
+    def build(self, input_shape):
+        shape = tuple(input_shape[1:])
+        self.gamma = self.add_weight(shape=shape, name="gamma", initializer="ones")
+        self.beta = self.add_weight(shape=shape, name="beta", initializer="zeros")
+
+    def call(self, inputs):
+        return inputs * self.gamma + self.beta
+
+
+def build_stacked_model(
+    kind,
+    input_shape,
+    num_classes,
+    norm,
+    members,
+    *,
+    activation="relu",
+    widths=None,
+    dropout=0.0,
+    kernel_size=3,
+    epsilon=1e-3,
+    groups=None,
+    **norm_options,
+):
+    """The `build_model` classifier for `members` independent members at once.
+
+    Args are those of `build_model` (``mlp``, ``cnn1d`` and ``cnn2d`` with `STACKED_NORMS`),
+    plus `members`, K. The model takes ``(batch, *input_shape[:-1], K * channels)``
+    (member k's sample in its channel block) and returns ``(batch, K * num_classes)``
+    logits. Layers are named as in `build_model` (``dense_i``/``conv_i``, ``norm_i``,
+    ``logits``) so `stack_member_weights` can map each member's weights onto it.
+    """
+    if kind not in STACKED_KINDS or norm not in STACKED_NORMS:
+        raise ValueError(
+            f"Stacked models support kinds {', '.join(STACKED_KINDS)} and norms "
+            f"{', '.join(STACKED_NORMS)}. Received: kind='{kind}', norm='{norm}'"
+        )
+    widths = tuple(widths or DEFAULT_WIDTHS[kind])
+    rank = {"mlp": 1, "cnn1d": 2, "cnn2d": 3}[kind]
+    if len(input_shape) != rank:
+        raise ValueError(f"A stacked {kind} needs inputs of rank {rank} per sample. Received: {input_shape}")
+    inputs = keras.Input(shape=(*input_shape[:-1], members * input_shape[-1]), name="x")
+    h = inputs
+    use_bias = norm in _NORMS_WITHOUT_OFFSET
+    for i, width in enumerate(widths):
+        if kind == "mlp":
+            h = StackedDense(members, width, use_bias=use_bias, name=f"dense_{i}")(h)
+        else:
+            h = StackedConv(members, width, kernel_size, rank - 1, use_bias=use_bias, name=f"conv_{i}")(h)
+        if norm == "layer":
+            h = _kerasnorm("GroupNormalization")(
+                groups=members, epsilon=epsilon, center=False, scale=False, name=f"norm_{i}_statistics"
+            )(h)
+            h = UnitAffine(name=f"norm_{i}")(h)
+        elif norm == "group":
+            per_member = groups or math.gcd(width, 8)
+            h = _kerasnorm("GroupNormalization")(groups=members * per_member, epsilon=epsilon, name=f"norm_{i}")(h)
+        elif norm != "none":
+            h = norm_layer(norm, epsilon=epsilon, name=f"norm_{i}", **norm_options)(h)
+        h = keras.layers.Activation(activation, name=f"act_{i}")(h)
+        if dropout and i < len(widths) - 1:
+            h = keras.layers.Dropout(dropout)(h)
+        if kind != "mlp" and i < len(widths) - 1 and min(h.shape[1:-1]) >= 4:
+            h = (keras.layers.MaxPooling1D if rank == 2 else keras.layers.MaxPooling2D)(2)(h)
+    if kind != "mlp":
+        h = (keras.layers.GlobalAveragePooling1D if rank == 2 else keras.layers.GlobalAveragePooling2D)()(h)
+    if dropout:
+        h = keras.layers.Dropout(dropout)(h)
+    outputs = StackedDense(members, num_classes, name="logits")(h)
+    return keras.Model(inputs, outputs, name=f"stacked_{kind}_{norm}_{members}")
+
+
+def stack_member_weights(stacked, member_models):
+    """The values of `stacked`'s weights (`build_stacked_model`) holding each of
+    `member_models` (`build_model` models of the same architecture) as its member k.
+
+    Linear kernels stack on a leading member axis (conv kernels with their spatial axes
+    flattened); every other weight is per channel or per unit and concatenates along its
+    last axis. Returns a list of arrays in the order of ``stacked.weights``."""
+    import numpy as np
+
+    values = []
+    for layer in stacked.layers:
+        if not layer.weights:
+            continue
+        sources = [m.get_layer(layer.name) for m in member_models]
+        for weight in layer.weights:
+            name = weight.path.rsplit("/", 1)[-1]
+            parts = [next(w for w in s.weights if w.path.rsplit("/", 1)[-1] == name).numpy() for s in sources]
+            if isinstance(layer, (StackedDense, StackedConv)) and name == "kernel":
+                value = np.stack([p.reshape(weight.shape[1:]) for p in parts])
+            elif not np.ndim(parts[0]):
+                value = parts[0]
+            else:
+                value = np.concatenate(parts, axis=-1)
+            if tuple(value.shape) != tuple(weight.shape):
+                raise ValueError(f"{weight.path}: members give shape {value.shape}, the stacked model {weight.shape}")
+            values.append(value)
+    return values

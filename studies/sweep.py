@@ -8,6 +8,11 @@
 - `run_sweep` runs the configs not done yet with an executor, ``local`` (in-process when
   ``jobs == 1``, else a pool of spawned worker processes) or ``ray``, and writes each row
   as it arrives. Workers only compute; the parent process is the only writer.
+- The executors hand a worker a *unit* of configs (`studies.stacked.plan`: the configs
+  that differ only in their seed, in fixed blocks of seeds, or a config alone) and get its
+  rows back (`studies.stacked.run_group`); how the unit trains is the worker's business.
+  A block runs whole, so it may store rows of seeds the sweep did not ask for (counted
+  as ``extra``); a block killed before its rows arrive reruns whole.
 
 Failed runs are recorded (``status="error"`` with the traceback) and count as done: a rerun
 skips them unless asked to retry (``retry_errors=True``, ``--retry-errors``), so a run that
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import pandas
 
-from studies import training
+from studies import stacked
 from studies.training import RunConfig
 
 EXECUTORS = ("local", "ray")
@@ -251,12 +256,13 @@ def _threads_per_worker(jobs):
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _run_local(configs, jobs):
-    """Yields rows as runs finish: in this process, or in `jobs` spawned processes (spawn:
-    TensorFlow does not survive a fork) that split the cores between them."""
+def _run_local(units, jobs):
+    """Yields rows as units (`studies.stacked.plan`) finish: in this process, or in `jobs`
+    spawned processes (spawn: TensorFlow does not survive a fork) that split the cores
+    between them."""
     if jobs == 1:
-        for config in configs:
-            yield training.run(config)
+        for unit in units:
+            yield from stacked.run_group(unit)
         return
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=jobs,
@@ -265,21 +271,22 @@ def _run_local(configs, jobs):
         initargs=(_threads_per_worker(jobs),),
     )
     try:
-        futures = [pool.submit(training.run, config) for config in configs]
+        futures = [pool.submit(stacked.run_group, unit) for unit in units]
         for future in concurrent.futures.as_completed(futures):
-            yield future.result()
+            yield from future.result()
     finally:
         # Interrupted (Ctrl-C, a worker killed): runs not started are dropped, not run.
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ray_run(config, threads):
+def _ray_run(unit, threads):
     limit_threads(threads)
-    return training.run(config)
+    return stacked.run_group(unit)
 
 
-def _run_ray(configs, jobs):
-    """Yields rows from Ray tasks (one CPU each) as they finish. Joins the cluster at
+def _run_ray(units, jobs):
+    """Yields rows from Ray tasks (one CPU and one unit each; Ray reuses its worker
+    processes, and with them their compiled models) as they finish. Joins the cluster at
     ``RAY_ADDRESS`` when set, else starts a local one with `jobs` CPUs (a Ray instance
     already running in this process is used as it is)."""
     try:
@@ -298,10 +305,10 @@ def _run_ray(configs, jobs):
         started = True
     try:
         remote = ray.remote(num_cpus=1)(_ray_run)
-        pending = [remote.remote(config, 1) for config in configs]
+        pending = [remote.remote(unit, 1) for unit in units]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(ready[0])
+            yield from ray.get(ready[0])
     finally:
         if started:
             ray.shutdown()
@@ -309,12 +316,14 @@ def _run_ray(configs, jobs):
 
 @dataclasses.dataclass
 class SweepSummary:
-    """What a sweep did: runs planned, already done before it, run now (ok / error)."""
+    """What a sweep did: runs planned, already done before it, run now (ok / error), and
+    rows stored beyond the plan (the other seeds of a block that ran)."""
 
     planned: int
     skipped: int
     ok: int = 0
     errors: int = 0
+    extra: int = 0
 
 
 def run_sweep(
@@ -339,11 +348,17 @@ def run_sweep(
     summary = SweepSummary(planned=len(configs), skipped=len(configs) - len(pending))
     if not pending:
         return summary
-    progress = Progress(len(pending), progress_stream)
-    rows = _run_local(pending, jobs) if executor == "local" else _run_ray(pending, jobs)
+    units = stacked.plan(pending)
+    progress = Progress(sum(len(unit) for unit in units), progress_stream)
+    rows = _run_local(units, jobs) if executor == "local" else _run_ray(units, jobs)
+    wanted = {config.key() for config in pending}
     for row in rows:
         store.write(row)
         progress.update(row)
-        summary.ok += row["status"] == "ok"
-        summary.errors += row["status"] != "ok"
+        if row["key"] not in wanted:
+            summary.extra += 1
+        elif row["status"] == "ok":
+            summary.ok += 1
+        else:
+            summary.errors += 1
     return summary

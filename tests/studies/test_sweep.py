@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from studies import sweep, training
+from studies import stacked, sweep, training
 from studies.training import RunConfig
 
 
@@ -138,7 +138,7 @@ def test_progress_rewrites_one_line_on_a_terminal():
 SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from studies import sweep, training
+    from studies import stacked, sweep, training
 
     @training.register_task("slow")
     def slow(config):
@@ -181,20 +181,30 @@ def test_killed_sweep_resumes_without_redoing_or_corrupting(tmp_path):
 
 
 def _tiny_configs(claim):
-    return sweep.grid(RunConfig(claim=claim, num_samples=200, widths=(8,)), seed=[0, 1])
+    """Two learning rates x seeds 0 and 1: two stacked blocks of `stacked.MEMBERS` seeds."""
+    return sweep.grid(
+        RunConfig(claim=claim, num_samples=200, widths=(8,)), learning_rate=[0.05, 0.1], seed=[0, 1]
+    )
+
+
+def _check_block_rows(tmp_path, summary):
+    members = stacked.MEMBERS
+    assert (summary.ok, summary.errors, summary.extra) == (4, 0, 2 * members - 4)
+    rows = sweep.load_rows(tmp_path)
+    assert set(rows["status"]) == {"ok"} and len(rows) == 2 * members
+    assert set(rows["stack/members"]) == {members}
+    # a worker computes the same numbers as this process
+    config = _tiny_configs("C1")[1]
+    here = stacked.run_group(stacked.block(config))[config.seed]
+    stored = rows.set_index("key").loc[config.key()]
+    assert list(stored["test/loss"]) == here["test/loss"]
 
 
 @pytest.mark.slow
 def test_local_pool_of_workers(tmp_path):
     store = sweep.ResultsStore(tmp_path)
     summary = sweep.run_sweep(_tiny_configs("C1"), store, jobs=2, progress_stream=io.StringIO())
-    assert summary.ok == 2
-    rows = sweep.load_rows(tmp_path)
-    assert set(rows["status"]) == {"ok"} and len(rows) == 2
-    # a worker computes the same numbers as this process
-    here = training.run(_tiny_configs("C1")[0])
-    stored = rows.set_index("seed").loc[0]
-    assert list(stored["test/loss"]) == here["test/loss"]
+    _check_block_rows(tmp_path, summary)
 
 
 @pytest.mark.slow
@@ -203,14 +213,12 @@ def test_ray_executor(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = sweep.run_sweep(
-            _tiny_configs("C2"), sweep.ResultsStore(tmp_path), executor="ray", jobs=2,
+            _tiny_configs("C1"), sweep.ResultsStore(tmp_path), executor="ray", jobs=2,
             progress_stream=io.StringIO(),
         )
     finally:
         ray.shutdown()
-    assert summary.ok == 2
-    rows = sweep.load_rows(tmp_path)
-    assert sorted(rows["seed"]) == [0, 1] and set(rows["status"]) == {"ok"}
+    _check_block_rows(tmp_path, summary)
 
 
 def test_ray_missing_names_the_extra(tmp_path, monkeypatch):

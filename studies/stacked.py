@@ -1,0 +1,373 @@
+"""The worker: a group of configs in, their rows out, the runs that differ only in their
+seed trained as the members of one stacked model.
+
+The models of the study are so small that a run's fixed costs (building, compiling,
+tracing) and TensorFlow's per-op overhead dwarf its arithmetic. So configs that share
+everything but the seed train together: seeds fall in fixed blocks of `MEMBERS`
+(``seed // MEMBERS``), and a block trains as the K members of one model built by
+`studies.models.build_stacked_model`. Each member has
+
+- the weights its seed's standalone build (`studies.training.build`) would start from,
+  copied in (`studies.models.stack_member_weights`);
+- the data order its seed's standalone run would read (`data_order`);
+- its own optimizer state (SGD's momentum and Adam's moments are elementwise), its own
+  dropout noise (elementwise) and its own normalization statistics (members are folded
+  into the channel axis, and a channel's statistics are its member's only);
+- its own loss: the model minimizes the sum of the members' losses, whose gradient with
+  respect to one member's weights is that member's own gradient. A member that diverges
+  is NaN in its own channels only; the others go on.
+
+A block always trains whole, so a config's row is the same whether it runs alone or in a
+sweep, in a fresh process or a reused one: running one seed trains (and stores) its block.
+The compiled model is kept per architecture and process (`StackedTrainer`) and reset per
+block (weights, optimizer state, dropout seeds, learning rate are variables): a worker
+that gets many blocks of one architecture traces once.
+
+Configs run stacked when their task is stackable (`studies.training.register_task` with
+``stackable=True``; the default ``train`` task is), their model is in
+`studies.models.STACKED_KINDS`, their norm in `studies.models.STACKED_NORMS`, and they set
+no ``model.*`` option; any other config runs unstacked through `studies.training.run`.
+Rows carry ``stack/members`` (K, 1 when unstacked) and ``stack/block`` (the block index,
+None when unstacked). A stacked row's ``time/*`` columns are the block's times divided by
+its members; ``steps`` of a diverged member counts up to its first non-finite loss.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import time
+import traceback
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from studies import models, training
+from studies.training import RunConfig
+
+#: Seeds per block: the members of one stacked model (measured on 2 CPU cores for the
+#: study's MLP: a step of 8 members costs about 2x one model's step, 32 members about 6x).
+MEMBERS = 8
+#: Compiled stacked models a process keeps (one per architecture, least recently used
+#: dropped first).
+CACHED_TRAINERS = 8
+
+
+def stackable(config: RunConfig) -> bool:
+    """True if `config` trains as a member of a stacked model (see the module docstring)."""
+    try:
+        task_stacks = training.stackable_task(config)
+    except ValueError:  # an unknown task: `training.run` records the error
+        return False
+    return (
+        task_stacks
+        and config.model in models.STACKED_KINDS
+        and config.norm in models.STACKED_NORMS
+        and not config.prefixed_options(training.MODEL_PREFIX)
+    )
+
+
+def block_index(config: RunConfig) -> int:
+    """The block of `config`'s seed: seeds ``[b * MEMBERS, (b + 1) * MEMBERS)`` form block b."""
+    return config.seed // MEMBERS
+
+
+def block(config: RunConfig) -> list[RunConfig]:
+    """The `MEMBERS` configs of `config`'s block, in seed order."""
+    first = block_index(config) * MEMBERS
+    return [dataclasses.replace(config, seed=first + i) for i in range(MEMBERS)]
+
+
+def plan(configs) -> list[list[RunConfig]]:
+    """The work units of `configs`: each stackable config's whole block (once), and each
+    other config alone; units of one architecture are adjacent, so a worker taking them
+    in order reuses its compiled model."""
+    units = {}
+    for config in configs:
+        if stackable(config):
+            unit = block(config)
+            units.setdefault(unit[0].key(), unit)
+        else:
+            units.setdefault(config.key(), [config])
+    return sorted(units.values(), key=lambda unit: _architecture_fields(unit[0]))
+
+
+def _architecture_fields(config: RunConfig) -> str:
+    """What a compiled stacked model depends on, as a sortable string (the data's shape
+    is added where the data are loaded)."""
+    fields = config.to_dict()
+    for name in ("claim", "task", "seed", "learning_rate", "epochs", "steps_per_epoch", "num_samples"):
+        fields.pop(name)
+    if config.optimizer != "sgd":
+        fields.pop("momentum")
+    fields["options"] = config.prefixed_options(training.MODEL_PREFIX)
+    return json.dumps(fields, sort_keys=True)
+
+
+def run_group(configs) -> list[dict]:
+    """The worker's entry point: the rows of `configs` (a unit of `plan`). A block of
+    stackable configs trains stacked; anything else runs config by config."""
+    configs = list(configs)
+    if len(configs) == MEMBERS and all(stackable(c) for c in configs) and _is_block(configs):
+        return run_block(configs)
+    rows = []
+    for config in configs:
+        row = training.run(config)
+        row.update({"stack/members": 1, "stack/block": None})
+        rows.append(row)
+    return rows
+
+
+def _is_block(configs):
+    return configs == block(configs[0])
+
+
+def run_block(configs) -> list[dict]:
+    """Trains the block `configs` (`block`) stacked; one row per member. If anything
+    fails, every member's row records the error (``status="error"``), and the process's
+    compiled models stay usable (each block resets them)."""
+    start = time.perf_counter()
+    try:
+        rows = _train_block(configs)
+    except Exception:  # a failing block is a recorded result; the sweep goes on
+        error = traceback.format_exc(limit=20)
+        rows = []
+        for config in configs:
+            row = training.base_row(config)
+            row.update({"status": "error", "error": error, "stack/members": len(configs), "stack/block": block_index(config)})
+            rows.append(row)
+    total_s = (time.perf_counter() - start) / len(configs)
+    for row in rows:
+        row["time/total_s"] = total_s
+    return rows
+
+
+def _train_block(configs):
+    first = configs[0]
+    build_start = time.perf_counter()
+    # As `training.prepare`: op determinism (rows are reproducible) and no retracing noise.
+    tf.get_logger().setLevel("ERROR")
+    tf.config.experimental.enable_op_determinism()
+    dataset = training.load_dataset(first)
+    if dataset.mask_train is not None:
+        raise ValueError(f"Stacked training needs unmasked data. Received: dataset='{first.dataset}'")
+    steps = training.epoch_steps(first, dataset)
+    trainer = trainer_for(first, dataset)
+    members = []
+    for config in configs:
+        keras.utils.set_random_seed(config.seed)  # as `training.prepare` before its build
+        members.append(training.build(config, dataset))
+    weights = models.stack_member_weights(trainer.model, members)
+    orders = np.stack([data_order(c, len(dataset.x_train), steps) for c in configs], axis=2)
+    build_s = time.perf_counter() - build_start
+    eval_train = bool(first.option("eval_train", False))
+    logs = trainer.fit(
+        dataset, weights, orders, first.learning_rate, dropout_seed=block_index(first) + 1, eval_train=eval_train
+    )
+    rows = []
+    k = len(configs)
+    for member, config in enumerate(configs):
+        row = training.base_row(config)
+        columns = {column: values[:, member].tolist() for column, values in logs["columns"].items()}
+        row.update(
+            training.metric_columns(
+                config,
+                columns,
+                int(logs["steps"][member]),
+                steps,
+                build_s / k + trainer.pop_setup_s() / k if member == 0 else build_s / k,
+                logs["train_s"] / k,
+                logs["eval_s"] / k,
+            )
+        )
+        row.update({"stack/members": k, "stack/block": block_index(config)})
+        rows.append(row)
+    return rows
+
+
+def data_order(config: RunConfig, num_train: int, epoch_steps: int) -> np.ndarray:
+    """The indices of the training examples that `config`'s standalone run reads, shaped
+    ``(epochs, epoch_steps, batch_size)``: the same `tf.data` shuffle (global and op seed
+    the run's seed, reshuffled each pass) over the example indices, read as
+    `studies.training.fit_and_log` reads it through `keras.Model.fit` (one repeated stream
+    with ``steps_per_epoch``, else a new pass per epoch with the last partial batch
+    dropped)."""
+    tf.random.set_seed(config.seed)
+    passes = tf.data.Dataset.range(num_train).shuffle(num_train, seed=config.seed, reshuffle_each_iteration=True)
+    per_epoch = epoch_steps * config.batch_size
+    if config.steps_per_epoch:
+        total = config.epochs * per_epoch
+        order = next(iter(passes.repeat().take(total).batch(total))).numpy()
+    else:
+        # Keras's epoch iterator opens a new pass at each epoch's start and another at its
+        # end (unread), and each opening reshuffles: epoch e reads pass 2e.
+        whole = passes.batch(num_train)
+        opened = [next(iter(whole)).numpy()[:per_epoch] for _ in range(2 * config.epochs - 1)]
+        order = np.stack(opened[::2])
+    return order.reshape(config.epochs, epoch_steps, config.batch_size).astype(np.int32)
+
+
+_TRAINERS: collections.OrderedDict = collections.OrderedDict()
+
+
+def trainer_for(config: RunConfig, dataset, members: int = MEMBERS) -> "StackedTrainer":
+    """This process's compiled stacked model for `config`'s architecture (made once)."""
+    key = (_architecture_fields(config), tuple(dataset.input_shape), dataset.num_classes, members)
+    if key in _TRAINERS:
+        _TRAINERS.move_to_end(key)
+    else:
+        _TRAINERS[key] = StackedTrainer(config, dataset, members)
+        while len(_TRAINERS) > CACHED_TRAINERS:
+            _TRAINERS.popitem(last=False)
+    return _TRAINERS[key]
+
+
+class StackedTrainer:
+    """A compiled stacked model of one architecture, its optimizer and its compiled
+    training and evaluation functions, reused for every block of that architecture.
+
+    Args:
+        config: any config of the architecture (its seed, learning rate, epochs and data
+            size do not matter).
+        dataset: data of the shape the model takes.
+        members: K.
+    """
+
+    def __init__(self, config: RunConfig, dataset, members: int = MEMBERS):
+        start = time.perf_counter()
+        self.members = members
+        self.sample_shape = tuple(dataset.input_shape)
+        self.num_classes = dataset.num_classes
+        arguments = training.model_arguments(config, dataset)
+        for name in ("cell", "masked", "max_steps"):
+            arguments.pop(name)
+        self.model = models.build_stacked_model(
+            config.model, self.sample_shape, self.num_classes, config.norm, members, **arguments
+        )
+        self.optimizer = training.make_optimizer(config)
+        self.optimizer.build(self.model.trainable_variables)
+        self.traces = 0
+        sample = [tf.TensorSpec((None, *self.sample_shape), tf.float32)]
+        self._train = tf.function(
+            self._train_steps,
+            input_signature=[*sample, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None, members, config.batch_size), tf.int32)],
+        )
+        self._evaluate = tf.function(self._evaluate_batch, input_signature=[*sample, tf.TensorSpec((None,), tf.int32)])
+        # Tracing is paid here, once per architecture and process, on a throwaway step
+        # (every variable is reset before each block).
+        x = tf.zeros((config.batch_size, *self.sample_shape))
+        self._train(x, tf.zeros((config.batch_size,), tf.int32), tf.zeros((1, members, config.batch_size), tf.int32))
+        self._evaluate(x, tf.zeros((config.batch_size,), tf.int32))
+        self._setup_s = time.perf_counter() - start
+
+    def pop_setup_s(self) -> float:
+        """The time spent building and tracing, the first time asked; then 0."""
+        setup_s, self._setup_s = self._setup_s, 0.0
+        return setup_s
+
+    def _fold(self, x):
+        """``(K, batch, *sample)`` -> ``(batch, *sample[:-1], K * channels)``."""
+        rank = len(self.sample_shape)
+        x = tf.transpose(x, [1, *range(2, rank + 1), 0, rank + 1])
+        return tf.reshape(x, (-1, *self.sample_shape[:-1], self.members * self.sample_shape[-1]))
+
+    def _member_outputs(self, logits, labels):
+        """Per-sample losses and hits, ``(batch, K)``, of logits ``(batch, K * classes)``."""
+        logits = tf.reshape(logits, (-1, self.members, self.num_classes))
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+        return losses, hits
+
+    def _train_steps(self, x, y, order):
+        """Trains one step per row of `order` (``(steps, K, batch)`` example indices);
+        returns each step's per-member loss and accuracy, ``(steps, K)`` each."""
+        self.traces += 1  # Python side effect: runs when tracing only
+        steps = tf.shape(order)[0]
+        losses = tf.TensorArray(tf.float32, size=steps)
+        accuracies = tf.TensorArray(tf.float32, size=steps)
+        variables = self.model.trainable_variables
+        for step in tf.range(steps):
+            xb = self._fold(tf.gather(x, order[step]))
+            yb = tf.transpose(tf.gather(y, order[step]))
+            with tf.GradientTape() as tape:
+                member_losses, hits = self._member_outputs(self.model(xb, training=True), yb)
+                loss = tf.reduce_mean(member_losses, axis=0)
+                # The sum: d(total)/d(member k's weights) is member k's own gradient.
+                total = tf.reduce_sum(loss)
+            self.optimizer.apply(tape.gradient(total, variables), variables)
+            losses = losses.write(step, loss)
+            accuracies = accuracies.write(step, tf.reduce_mean(hits, axis=0))
+        return losses.stack(), accuracies.stack()
+
+    def _evaluate_batch(self, x, y):
+        """Sums over the batch of each member's loss and hits, in inference mode."""
+        self.traces += 1
+        copies = tf.broadcast_to(x[tf.newaxis], (self.members, *tf.unstack(tf.shape(x))))
+        labels = tf.broadcast_to(y[:, tf.newaxis], (tf.shape(y)[0], self.members))
+        losses, hits = self._member_outputs(self.model(self._fold(copies), training=False), labels)
+        return tf.reduce_sum(losses, axis=0), tf.reduce_sum(hits, axis=0)
+
+    def reset(self, weights, learning_rate, dropout_seed):
+        """Starts a block: the model's weights set to `weights` (`stack_member_weights`),
+        the optimizer's state zeroed, its learning rate set, each dropout layer's noise
+        seeded from `dropout_seed`."""
+        for variable, value in zip(self.model.weights, weights, strict=True):
+            variable.assign(value)
+        for variable in self.optimizer.variables:
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+        self.optimizer.learning_rate = learning_rate
+        dropouts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout) and layer.rate]
+        for i, layer in enumerate(dropouts):
+            state = layer.seed_generator.state
+            state.assign(np.array([dropout_seed * 1000 + i, 0], dtype=state.dtype))
+
+    def evaluate(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Each member's mean loss and accuracy on ``(x, y)`` in inference mode, ``(K,)``."""
+        loss_sum, hit_sum = np.zeros(self.members), np.zeros(self.members)
+        for start in range(0, len(x), training.EVAL_BATCH_SIZE):
+            stop = start + training.EVAL_BATCH_SIZE
+            losses, hits = self._evaluate(x[start:stop], y[start:stop])
+            loss_sum += losses.numpy()
+            hit_sum += hits.numpy()
+        return loss_sum / len(x), hit_sum / len(x)
+
+    def fit(self, dataset, weights, orders, learning_rate, dropout_seed=1, eval_train=False) -> dict:
+        """Trains the members from `weights` on `orders` (``(epochs, steps, K, batch)``
+        example indices) and evaluates them after each epoch.
+
+        Returns a dict: ``columns`` (column -> ``(epochs, K)`` array: the
+        `studies.training.EPOCH_METRICS` columns, and with `eval_train` the
+        `studies.training.TRAIN_EVAL_METRICS` ones), ``steps`` (per member: all of them,
+        or up to its first non-finite loss), ``train_s`` and ``eval_s``."""
+        self.reset(weights, learning_rate, dropout_seed)
+        x_train, y_train = tf.constant(dataset.x_train), tf.constant(dataset.y_train.astype(np.int32))
+        y_test = dataset.y_test.astype(np.int32)
+        columns = collections.defaultdict(list)
+        step_losses = []
+        train_s = eval_s = 0.0
+        for epoch_order in orders:
+            start = time.perf_counter()
+            losses, accuracies = self._train(x_train, y_train, tf.constant(epoch_order))
+            losses, accuracies = losses.numpy(), accuracies.numpy()
+            train_s += time.perf_counter() - start
+            step_losses.append(losses)
+            columns["train/loss"].append(losses.mean(axis=0))
+            columns["train/accuracy"].append(accuracies.mean(axis=0))
+            start = time.perf_counter()
+            for split, (x, y) in {"test": (dataset.x_test, y_test), "train_eval": (dataset.x_train, dataset.y_train.astype(np.int32))}.items():
+                if split == "train_eval" and not eval_train:
+                    continue
+                loss, accuracy = self.evaluate(x, y)
+                columns[f"{split}/loss"].append(loss)
+                columns[f"{split}/accuracy"].append(accuracy)
+            eval_s += time.perf_counter() - start
+        finite = np.isfinite(np.concatenate(step_losses))
+        steps = np.where(finite.all(axis=0), len(finite), np.argmin(finite, axis=0) + 1)
+        return {
+            "columns": {column: np.array(values) for column, values in columns.items()},
+            "steps": steps,
+            "train_s": train_s,
+            "eval_s": eval_s,
+        }
