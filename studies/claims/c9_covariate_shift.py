@@ -57,12 +57,30 @@ ARMS = {
     "noisy batch": dict(norm="batch"),  # batch norm layers swapped for NoisyBatchNormalization
 }
 NOISY = "noisy batch"
+CHANCE = 0.1  # 10 balanced classes
 #: Kernels whose gradient shift is measured (each has layers before it); the last decides.
 MEASURED = ("dense_1", "dense_2")
+# --- The checks (fixed before the full run) ------------------------------------------------
+#: ‖G - G'‖ that batch norm removes, in % of no norm's (paired by seed), for the claim to
+#: hold: "reducing" a shift means by a visible share; Santurkar et al. find no reduction
+#: (often an increase), so a fifth separates the two readings.
+SHIFT_REDUCTION_PCT = 20.0
+#: Test accuracy noisy batch norm loses against batch norm, in pp (paired by seed), if the
+#: shift it re-introduces mattered: a fifth of batch norm's benefit over no norm in the
+#: previous full run (23 pp); Santurkar et al. find "nearly as well" (a point or two).
+BENEFIT_LOST_PP = 5.0
+#: The pilot is the previous full run (8 seeds): sd of the paired accuracy difference
+#: batch - noisy batch about 1.5 pp, of the paired shift reduction about 15 %, so 3 and 7
+#: seeds give half-widths of 2.5 pp and 10 %; 8 keep the grid.
+SEED_PLAN = stats.SeedPlan(
+    pilot=8, initial=8, block=4, cap=16,
+    why="pilot sd of batch - noisy batch accuracy ~1.5 pp, of the shift reduction ~15 %: 3 and 7 seeds "
+        "for half-widths of 2.5 pp and 10 %; the grid's 8 kept",
+)  # fmt: skip
 PROFILES = {
     "smoke": dict(seeds=(0,), logs=2, log_every=3, num_samples=500, arms=("none", NOISY)),
     "quick": dict(seeds=(0, 1), logs=6, log_every=LOG_EVERY, num_samples=None, arms=tuple(ARMS)),
-    "full": dict(seeds=tuple(range(8)), logs=30, log_every=LOG_EVERY, num_samples=None, arms=tuple(ARMS)),
+    "full": dict(seeds=tuple(range(SEED_PLAN.initial)), logs=30, log_every=LOG_EVERY, num_samples=None, arms=tuple(ARMS)),
 }
 PERCENTILES = (15, 50, 85)
 #: Per-run column -> its name in the summary table (and the figure's panels).
@@ -327,12 +345,14 @@ def _unit_table(rows):
 
 
 RULE = (
-    "Supported only if batch norm clearly lowers the gradient-based internal "
-    "covariate shift (Santurkar et al.'s ‖G - G'‖, last hidden layer, mean over "
-    "training) against no norm AND noisy batch norm, which re-introduces a shift of "
-    "every unit's distribution at every step, clearly loses batch norm's accuracy "
-    "(\"clearly\": 95% intervals over seeds separated). Partly supported if one of "
-    "the two holds, not supported if neither (Santurkar et al.'s finding)."
+    "Two decisive checks, paired by seed. Batch norm reduces the gradient-based internal "
+    "covariate shift (Santurkar et al.'s ‖G - G'‖, last hidden layer, mean over training) by "
+    f"at least {SHIFT_REDUCTION_PCT:g} % of no norm's; and noisy batch norm, which re-introduces "
+    "a shift of every unit's distribution at every step, loses at least "
+    f"{BENEFIT_LOST_PP:g} pp of batch norm's final test accuracy (undecided while an arm has "
+    "not converged or both sit at the ceiling). Secondary: the same reduction of the relative "
+    "shift ‖G - G'‖ / ‖G‖. Not supported when both decisive checks fail (Santurkar et al.'s "
+    "finding)."
 )
 
 ANCHOR = (
@@ -357,14 +377,40 @@ def analyze(rows: pandas.DataFrame) -> dict:
         for column in MEASURES
     }
     last = MEASURED[-1]
-    lowers_shift = stats.clearly_greater(est[("none", f"ics_l2/{last}")], est[("batch", f"ics_l2/{last}")])
-    loses_benefit = stats.clearly_greater(est[("batch", "accuracy")], est[(NOISY, "accuracy")])
-    parts = {
-        "batch norm lowers the gradient-based internal covariate shift: ‖G - G'‖ of the last "
-        "hidden layer's weights (mean over training) clearly below no norm's": lowers_shift,
-        "noisy batch norm loses batch norm's benefit: its final test accuracy is clearly below "
-        "batch norm's": loses_benefit,
-    }
+    by_seed = runs.pivot_table(index="seed", columns="arm", values=[f"ics_l2/{last}", f"ics_rel/{last}", "accuracy"])
+
+    def paired(column, fn):
+        """`fn` of the per-seed table of `column` (one column per arm); n=0 without every arm."""
+        if not set(ARMS) <= set(runs["arm"]):
+            return stats.estimate([])
+        return stats.estimate(fn(by_seed[column]))
+
+    def reduction(column):
+        return paired(column, lambda t: 100.0 * (t["none"] - t["batch"]) / t["none"])
+
+    accuracy_pct = {arm: stats.Estimate(*(100.0 * v for v in (e.mean, e.low, e.high)), e.n)
+                    for arm in ARMS for e in [est[(arm, "accuracy")]]}  # fmt: skip
+    blockers = [b for b in stats.unconverged_arms(ok, "opt/c9/arm") if "=batch " in b or f"={NOISY} " in b]
+    blockers.append(stats.ceiling_blocker(accuracy_pct["batch"], accuracy_pct[NOISY], 100.0 * CHANCE, "batch and noisy batch norm"))
+    checks = [
+        stats.Check(
+            name="‖G - G'‖ of the last hidden layer's weights that batch norm removes (% of no norm's)",
+            effect=reduction(f"ics_l2/{last}"), threshold=SHIFT_REDUCTION_PCT, kind="at_least", unit=" %",
+            why="'reducing' the shift means by a visible share; Santurkar et al. find none (often an increase)",
+        ),
+        stats.Check(
+            name="final test accuracy batch norm minus noisy batch norm (pp)",
+            effect=paired("accuracy", lambda t: 100.0 * (t["batch"] - t[NOISY])), threshold=BENEFIT_LOST_PP,
+            kind="at_least", unit=" pp", blockers=tuple(b for b in blockers if b),
+            why="a fifth of batch norm's 23 pp benefit over no norm in the previous run; Santurkar et al. "
+                "find noisy BN trains nearly as well",
+        ),
+        stats.Check(
+            name="relative shift ‖G - G'‖ / ‖G‖ that batch norm removes (% of no norm's)",
+            effect=reduction(f"ics_rel/{last}"), threshold=SHIFT_REDUCTION_PCT, kind="at_least", unit=" %",
+            decisive=False, why="the same reduction, free of the gradient's scale",
+        ),
+    ]  # fmt: skip
     arms = [a for a in ARMS if est[(a, "accuracy")].n]
     # Batch norm's gradient shift first: the report's summary quotes the first number.
     evidence = [
@@ -385,6 +431,11 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "the same noise draw for G and G'.",
         "One learning rate for all arms (as in the BN paper's MNIST experiment), not each "
         "arm's best.",
+        "Convergence (per arm on the claim's page) blocks the accuracy check only: the shift "
+        "is a mean over training, not an end-of-training number. Ceiling: the arms stay far "
+        "from 100 % and from chance on MNIST-1D unless the accuracy check says so.",
+        f"Thresholds ({SHIFT_REDUCTION_PCT:g} %, {BENEFIT_LOST_PP:g} pp) were fixed at the move "
+        "to the four-way scale (issue 11), after the previous full run had been seen.",
     ]
     if note:
         caveats.insert(0, note)
@@ -404,9 +455,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
     return stats.make_analysis(
         claim=CLAIM_ID,
         title=TITLE,
-        verdict=stats.verdict_from(parts),
         rule=RULE,
-        parts=parts,
+        checks=checks,
+        seed_plan=SEED_PLAN,
+        convergence=stats.convergence_table(ok, "opt/c9/arm"),
         evidence=evidence,
         anchor=ANCHOR,
         setup=setup,

@@ -211,7 +211,7 @@ def test_c3_population_batch_norm_uses_exact_training_set_statistics():
 # --- C9 ---------------------------------------------------------------------------------
 
 
-def _c9_rows(bn_shift, noisy_accuracy, logs=4):
+def _c9_rows(bn_shift, noisy_accuracy, logs=4, loss=(2.3, 1.0, 0.6, 0.59)):
     arms = {"none": (0.05, 0.45), "batch": (bn_shift, 0.65), "noisy batch": (0.08, noisy_accuracy)}
     rows = []
     for arm, (shift, accuracy) in arms.items():
@@ -224,7 +224,7 @@ def _c9_rows(bn_shift, noisy_accuracy, logs=4):
                 "final/test/accuracy": curve[-1], "test/accuracy": curve,
                 "c9/steps": tuple(range(0, 100 * logs + 1, 100)),
                 "c9/ics_steps": tuple(range(0, 100 * logs, 100)),
-                "c9/drift": (0.5,) * logs,
+                "c9/drift": (0.5,) * logs, "train/loss": loss,
                 "c9/p15": (-1.0,) * (logs + 1), "c9/p50": (0.0,) * (logs + 1), "c9/p85": (1.0,) * (logs + 1),
                 **{f"c9/{m}/{layer}": (shift * (1 + j),) * logs
                    for m in ("ics_l2", "ics_rel", "ics_cos") for layer in c9.MEASURED},
@@ -310,11 +310,24 @@ def test_c9_gradient_shift_is_zero_when_earlier_layers_do_not_move():
 
 # --- All three -------------------------------------------------------------------------
 
+    shift, lost, _ = analysis["checks"]
+    assert shift["effect"]["mean"] == pytest.approx(-100.0)  # twice no norm's shift
+    assert lost["effect"]["mean"] == pytest.approx(0.0) and lost["outcome"] == "fails"
 
 @pytest.mark.parametrize("module", [c1, c3, c9], ids=lambda m: m.CLAIM_ID)
 def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
     failed = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "boom", "seed": s} for s in SEEDS])
     analysis = module.analyze(failed)
+    assert [c["outcome"] for c in analysis["checks"]] == ["holds"] * 3
+    assert analysis["checks"][1]["effect"]["mean"] == pytest.approx(20.0)
+
+
+def test_c9_accuracy_check_waits_for_convergence():
+    analysis = c9.analyze(_c9_rows(bn_shift=0.01, noisy_accuracy=0.45, loss=(2.3, 2.0, 1.7, 1.4)))
+    assert analysis["verdict"] == "inconclusive"
+    lost = analysis["checks"][1]
+    assert lost["outcome"] == "undecided" and len(lost["blockers"]) == 2  # batch and noisy batch
+    assert analysis["checks"][0]["outcome"] == "holds"  # a mean over training: not blocked
     assert analysis["verdict"] == "inconclusive"
     assert [c["outcome"] for c in analysis["checks"]] == ["undecided"]
     assert "5 of 5 runs failed" in analysis["caveats"][0]
