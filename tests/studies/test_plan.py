@@ -1,0 +1,81 @@
+"""The sequential seed plan: seeds extended per arm, stored beside the results, run in
+blocks while a decisive check is undecided for want of precision, and read back by the
+report so that it plans the same runs from the results directory alone."""
+
+from __future__ import annotations
+
+import types
+
+from studies import plan, report, stats, sweep
+from studies.training import RunConfig
+
+
+def _grid(seeds=(0, 1)):
+    return [RunConfig(claim="C1", norm=norm, seed=s) for norm in ("none", "batch") for s in seeds]
+
+
+def test_with_seeds_extends_every_arm_after_the_largest_seed():
+    configs = plan.with_seeds(_grid(), 4)
+    assert sorted((c.norm, c.seed) for c in configs) == [(n, s) for n in ("batch", "none") for s in range(4)]
+    assert plan.with_seeds(_grid(), 2) == _grid()  # already there
+    assert plan.seeds_per_arm(configs) == 4
+
+
+def test_seeds_are_stored_per_profile(tmp_path):
+    plan.write_seeds(tmp_path, "full", {"C1": 6})
+    assert plan.read_seeds(tmp_path, "full") == {"C1": 6}
+    assert plan.read_seeds(tmp_path, "quick") == {}  # another profile's plan does not apply
+    assert plan.read_seeds(tmp_path / "missing", "full") == {}
+
+
+def _fake_claim(needs):
+    """A claim whose one check is decided once it has `needs` seeds per arm."""
+    seed_plan = stats.SeedPlan(pilot=2, initial=2, block=2, cap=6, why="test")
+
+    def analyze(rows):
+        n = rows["seed"].nunique()
+        wide = (1.0, 5.0) if n < needs else (4.0, 5.0)
+        check = stats.Check("effect", stats.Estimate(sum(wide) / 2, *wide, n), 3.0, "at_least", "test")
+        return stats.make_analysis(claim="C1", title="t", rule="r", evidence=[], anchor="a", setup="s",
+                                   checks=[check], seed_plan=seed_plan)
+
+    return types.SimpleNamespace(analyze=analyze)
+
+
+def _fake_sweep(store):
+    def run_configs(configs):
+        pending = [c for c in configs if not store.done(c)]
+        for c in pending:
+            store.write({**c.to_dict(), "key": c.key(), "status": "ok", "seed": c.seed})
+        return sweep.SweepSummary(planned=len(configs), skipped=len(configs) - len(pending), ok=len(pending))
+
+    return run_configs
+
+
+def _patch(monkeypatch, needs):
+    monkeypatch.setattr(plan.claims_registry, "plan", lambda ids, profile: {"C1": _grid()})
+    monkeypatch.setattr(plan.claims_registry, "load", lambda claim: _fake_claim(needs))
+
+
+def test_run_planned_adds_blocks_until_decided(tmp_path, monkeypatch):
+    _patch(monkeypatch, needs=4)
+    store = sweep.ResultsStore(tmp_path)
+    summary, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store))
+    assert seeds == {"C1": 4} and plan.read_seeds(tmp_path, "full") == {"C1": 4}
+    assert (summary.planned, summary.ok) == (8, 8)  # 2 arms x 4 seeds, each run once
+    # The report plans the same runs from the results directory alone.
+    rows = sweep.load_rows(tmp_path)
+    monkeypatch.setattr(report.claims_registry, "plan", lambda ids, profile: {"C1": _grid()})
+    assert len(report.planned_rows(rows, "full", plan.read_seeds(tmp_path, "full"))) == 8
+    assert len(report.planned_rows(rows, "full")) == 4
+
+
+def test_run_planned_stops_at_the_cap_and_outside_the_full_profile(tmp_path, monkeypatch):
+    _patch(monkeypatch, needs=100)
+    store = sweep.ResultsStore(tmp_path / "full")
+    _, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store))
+    assert seeds == {"C1": 6}  # the cap
+    quick = sweep.ResultsStore(tmp_path / "quick")
+    summary, seeds = plan.run_planned(["C1"], "quick", quick, _fake_sweep(quick))
+    assert seeds == {} and summary.planned == 4
+    assert not (tmp_path / "quick" / plan.SEEDS).exists()
