@@ -2,7 +2,7 @@
 precision gets more seeds, in blocks, up to the cap its `studies.stats.SeedPlan` declares.
 
 `run_planned` runs the profile's grids, analyzes each claim, extends the seeds of the claims
-`studies.stats.more_seeds_needed` names and repeats until none does. The seeds it added are
+`studies.stats.more_seeds_needed` names and repeats until none does (full profile only). The seeds it added are
 stored beside the results (`SEEDS`, per profile), so that `studies.report` plans the same
 runs from the results directory alone.
 """
@@ -79,9 +79,17 @@ def next_seeds(planned: dict, rows) -> dict:
     return grow
 
 
-def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs) -> dict:
-    """Runs `claim_ids` at `profile` with their sequential seed plans; returns the
-    `SweepSummary` of each round in a list under ``"rounds"`` and the final ``"seeds"``.
+#: Profiles that follow the sequential plans: the plans size the full profile; smoke and
+#: quick runs check the machinery within seconds and minutes, with the grid's seeds alone.
+SEQUENTIAL_PROFILES = ("full",)
+
+
+def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs):
+    """Runs `claim_ids` at `profile`, with their sequential seed plans where the profile
+    follows them (`SEQUENTIAL_PROFILES`). Returns ``(summary, seeds)``: one
+    `studies.sweep.SweepSummary` over all rounds (``planned``: the runs of the final plan,
+    ``skipped``: those already done before the first round) and {claim: seeds per arm} of the
+    claims the plan extended.
 
     Args:
         claim_ids, profile: what to run.
@@ -91,12 +99,17 @@ def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs) -> d
     """
     base = claims_registry.plan(claim_ids, profile)
     seeds = read_seeds(store.root, profile)
-    rounds = []
+    total = None
     while True:
         planned = extend(base, seeds)
-        rounds.append(run_configs([c for configs in planned.values() for c in configs]))
-        grow = next_seeds(planned, sweep.load_rows(store.root))
+        summary = run_configs([c for configs in planned.values() for c in configs])
+        if total is None:
+            total = summary
+        else:
+            total = dataclasses.replace(total, planned=summary.planned, ok=total.ok + summary.ok,
+                                        errors=total.errors + summary.errors)
+        grow = next_seeds(planned, sweep.load_rows(store.root)) if profile in SEQUENTIAL_PROFILES else {}
         if not grow:
-            return {"rounds": rounds, "seeds": seeds}
+            return total, seeds
         seeds = {**seeds, **grow}
         write_seeds(store.root, profile, seeds)
