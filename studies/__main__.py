@@ -119,17 +119,17 @@ def _optional_module(name, parser):
 
 
 def _run(args, parser):
-    from studies import claims, sweep
+    from studies import plan, sweep
 
     _check_writable(parser, args.results, "results folder")
     store = sweep.ResultsStore(args.results)
-    planned = claims.plan(args.claims, args.profile)
-    configs = [c for claim_configs in planned.values() for c in claim_configs]
     start = time.monotonic()
-    try:
-        summary = sweep.run_sweep(
+    try:  # the grids, then more seeds where a claim's sequential seed plan asks for them
+        summary, seeds = plan.run_planned(args.claims, args.profile, store, lambda configs: sweep.run_sweep(
             configs, store, executor=args.executor, jobs=args.jobs, retry_errors=args.retry_errors
-        )
+        ))
+        if seeds:
+            print("sequential seed plan, seeds per arm: " + ", ".join(f"{c} {n}" for c, n in seeds.items()))
     except RuntimeError as error:  # the ray executor without ray
         parser.error(str(error))
     if summary.ok or summary.errors:

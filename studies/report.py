@@ -145,8 +145,10 @@ SUMMARY_FIGURE = "fig-summary"
 SUMMARY_CAPTION = (
     "One row per claim: its headline check's effect (diamond) and 95% interval, divided by "
     "the size of its threshold, so that every threshold sits at +1 or -1 (ticks; both for "
-    "an equivalence check) and 0 is no effect; colour: the claim's verdict. Right: the raw "
-    "effect, the claim's side of the threshold and the check's outcome."
+    "an equivalence check) and 0 is no effect; the axis is linear within ±2 and logarithmic "
+    "beyond. Colour: the claim's verdict. Right: the raw effect with its n, the claim's side "
+    "of the threshold and the check's outcome. The headline is the claim's first decisive "
+    "check; the summary table counts the outcomes of all of them."
 )
 
 
@@ -199,13 +201,25 @@ def summary_figure(analyses, out_dir):
             continue
         marks.append([-abs(t), abs(t)] if r["kind"] == "within" else [t])
         side = {"at_least": ">=", "at_most": "<=", "within": "within ±"}[r["kind"]]
-        est = {"mean": r["mean"], "low": r["low"], "high": r["high"], "n": int(r["n"])}
-        notes.append(f"{_estimate_text(est)} {r['unit']}; claim {side} {abs(r['threshold']) if r['kind'] == 'within' else r['threshold']:g}: {r['outcome']}")
+        unit = f" {r['unit']}" if isinstance(r["unit"], str) and r["unit"] else ""
+        est = {"mean": r["mean"], "low": r["low"], "high": r["high"], "n": int(r["n"]), "unit": unit}
+        t = abs(r["threshold"]) if r["kind"] == "within" else r["threshold"]
+        notes.append(f"{_estimate_text(est)}; claim {side} {t:g}{unit}: {r['outcome']}")
     fig, ax = plots.new_axes(width=5.0, height=0.5 * len(table) + 1.4)
     plots.forest([f"{r['claim']}: {r['verdict']}" for r in table.to_dict(orient="records")],
                  table["scaled_mean"].astype(float), table["scaled_low"].astype(float),
                  table["scaled_high"].astype(float), table["verdict"], marks, notes, ax=ax)
-    ax.set_xlabel("headline effect / |threshold|")
+    # Linear within twice the threshold, logarithmic beyond: effects far past it stay legible
+    # without squeezing the rows that sit near it.
+    ax.set_xscale("symlog", linthresh=2.0)
+    finite = [v for v in pandas.concat([table["scaled_low"], table["scaled_high"], table["scaled_mean"]]).astype(float)
+              if math.isfinite(v)]
+    left, right = min([-2.0] + finite) * 1.3, max([2.0] + finite) * 1.3
+    ax.set_xlim(left, right)
+    ticks = [t for t in (-1000, -100, -10, -5, -2, -1, 0, 1, 2, 5, 10, 100, 1000) if left <= t <= right]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.set_xlabel("headline effect / |threshold| (linear within ±2, log beyond)")
     return plots.save_figure(fig, SUMMARY_FIGURE, out_dir, table)
 
 
@@ -222,7 +236,9 @@ def _summary(analyses):
         c = _headline(a)
         if c is not None:
             key_text = f"{c['name']}: {_check_effect_text(c)}; claim {c['claim']}"
-            outcome = c["outcome"]
+            decisive = [d["outcome"] for d in a["checks"] if d["decisive"]]
+            outcome = f"{c['outcome']} (decisive checks: " + ", ".join(
+                f"{decisive.count(o)} {o}" for o in stats.OUTCOMES if o in decisive) + ")"
         else:
             key = a["evidence"][0] if a["evidence"] else None
             key_text, outcome = (f"{key['label']}: {_estimate_text(key)}" if key else ""), ""
