@@ -1,15 +1,17 @@
-"""Helpers shared by the CNN claims (C2, C4, C7): accuracy with batch statistics, errors in
-percentage points, and lookups in summary tables."""
+"""Helpers shared by the CNN claims (C2, C4, C4b, C7): accuracy with batch statistics, errors
+in percentage points, lookups in summary tables, and the scheduled training run of the
+small-batch claims (C4, C4b)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import numpy as np
 import pandas
 
-from studies import stats
+from studies import stats, training
 from studies.claims import _mlp_common
 
 #: Accuracy of a model that always predicts one class of ten (balanced test sets).
@@ -91,3 +93,39 @@ def ordered(table: pandas.DataFrame, order: dict, by: list[str]) -> pandas.DataF
     (arms in the study's order rather than the alphabet's) or by value if not listed."""
     keys = pandas.DataFrame({c: table[c].map(order[c].index) if c in order else table[c] for c in by})
     return table.loc[keys.sort_values(by).index].reset_index(drop=True)
+
+
+def warmup_cosine(config, steps_per_epoch: int, warmup_epochs: float):
+    """The learning rate of the small-batch claims: a linear warm-up from 0 to
+    ``config.learning_rate`` over the first `warmup_epochs` epochs (Goyal et al. 2017, for
+    the large batches' linearly scaled rates), then a cosine decay to 0 at the last step.
+    In epochs, so that every batch size gets the same schedule over its data."""
+    import keras
+
+    total = config.epochs * steps_per_epoch
+    warmup = min(total - 1, max(1, round(warmup_epochs * steps_per_epoch)))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup
+    )
+
+
+def scheduled_run(config, warmup_epochs: float, callbacks=None):
+    """Trains `config` like the default task but with `warmup_cosine`'s learning rate.
+
+    Returns ``(row, dataset, model)``: the row with the engine's columns, and the trained
+    model for the claim's own measurements."""
+    row = training.base_row(config)
+    start = time.perf_counter()
+    dataset, model = training.prepare(config)
+    model.optimizer.learning_rate = warmup_cosine(config, training.epoch_steps(config, dataset), warmup_epochs)
+    prepare_s = time.perf_counter() - start
+    row.update(training.fit_and_log(config, dataset, model, callbacks=callbacks))
+    row["time/build_s"] += prepare_s
+    return row, dataset, model
+
+
+def normalization_batch(rows: pandas.DataFrame) -> pandas.Series:
+    """The samples behind each batch statistic of a run: its ghost batch size
+    (``virtual_batch_size``) where it has one, else its batch size."""
+    ghost = rows["virtual_batch_size"] if "virtual_batch_size" in rows else pandas.Series(np.nan, rows.index)
+    return ghost.where(ghost.notna(), rows["batch_size"]).astype(int)

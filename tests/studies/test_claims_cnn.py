@@ -1,5 +1,5 @@
-"""The CNN claims (C2, C4, C7): their analyses on synthetic result tables, their figures,
-and their smoke grids end to end."""
+"""The CNN claims (C2, C7): their analyses on synthetic result tables, their figures, and
+their smoke grids end to end (C4 in test_claims_c4.py)."""
 
 import itertools
 
@@ -13,7 +13,6 @@ from studies import __main__ as cli
 from studies import claims, sweep
 from studies.claims import _cnn_common as common
 from studies.claims import c2_inference_statistics as c2
-from studies.claims import c4_batch_size as c4
 from studies.claims import c7_cnn as c7
 
 
@@ -58,95 +57,6 @@ def test_batch_statistics_accuracy_uses_each_batch_and_leaves_the_model_unchange
 def test_error_pp_counts_diverged_runs_at_chance():
     rows = pandas.DataFrame({"acc": [0.9, float("nan")], "diverged": [False, True]})
     np.testing.assert_allclose(common.error_pp(rows, "acc"), [10.0, 90.0])
-
-
-# -- C4 -------------------------------------------------------------------------------------
-
-
-def _c4_rows(errors, batch_stats_errors=None, seeds=range(5), spread=0.5):
-    """Synthetic C4 rows: `errors` {(norm, batch): mean test error in %}, seeds spread
-    evenly around the mean."""
-    records = []
-    for ((norm, batch), error), seed in itertools.product(errors.items(), seeds):
-        e = error + spread * (seed - 2)
-        be = (batch_stats_errors or {}).get((norm, batch), error + 5.0) + spread * (seed - 2)
-        records.append({
-            "claim": "C4", "status": "ok", "norm": norm, "batch_size": batch, "seed": seed,
-            "final/test/accuracy": 1 - e / 100, "c4/test_accuracy_batch_stats": 1 - be / 100,
-            "diverged": False, "steps": 4 * 3200 // batch, "num_samples": 4000, "epochs": 4,
-            "widths": None,
-        })
-    return pandas.DataFrame(records)
-
-
-def _c4_errors(bn_small, ln_small=10.0, gn_small=11.0):
-    return {
-        ("batch", 2): bn_small, ("batch", 32): 10.0,
-        ("layer", 2): ln_small, ("layer", 32): 10.5,
-        ("group", 2): gn_small, ("group", 32): 11.0,
-        ("batch_renorm", 2): 12.0, ("batch_renorm", 32): 10.0,
-    }
-
-
-def test_c4_verdict_follows_the_rule():
-    supported = c4.analyze(_c4_rows(_c4_errors(bn_small=20.0)))
-    assert supported["verdict"] == "supported"
-    assert all(supported["parts"].values()) and len(supported["parts"]) == 3
-    first = supported["evidence"][0]
-    assert first["label"].startswith("BN") and first["mean"] == pytest.approx(10.0)
-
-    # BN flat: the claim's core fails whatever LN and GN do.
-    assert c4.analyze(_c4_rows(_c4_errors(bn_small=10.5)))["verdict"] == "not supported"
-    # BN degrades but so does LN: partly.
-    assert c4.analyze(_c4_rows(_c4_errors(bn_small=20.0, ln_small=16.0)))["verdict"] == "partly supported"
-    # A 4 pp rise whose intervals overlap is not "clearly" worse.
-    noisy = c4.analyze(_c4_rows(_c4_errors(bn_small=14.0), spread=4.0))
-    assert noisy["verdict"] == "not supported"
-
-
-def test_c4_diverged_and_failed_runs_are_counted_not_dropped():
-    rows = _c4_rows(_c4_errors(bn_small=10.0))
-    bn2 = rows.index[(rows["norm"] == "batch") & (rows["batch_size"] == 2)]
-    rows.loc[bn2, "diverged"] = True  # every BN run at batch 2 blew up: error at chance
-    rows.loc[bn2, ["final/test/accuracy", "c4/test_accuracy_batch_stats"]] = float("nan")
-    failed = rows.iloc[:1].assign(status="error")
-    analysis = c4.analyze(pandas.concat([rows, failed], ignore_index=True))
-    assert analysis["verdict"] == "supported"
-    table = pandas.DataFrame(analysis["tables"][c4.ERROR_TABLE])
-    bn = table[(table["norm"] == "batch") & (table["batch_size"] == 2)].iloc[0]
-    assert bn["error_pp"] == pytest.approx(90.0) and bn["n"] == 5
-    assert any("1 run(s) failed" in c and "5 diverged" in c for c in analysis["caveats"])
-
-
-def test_c4_figure_plots_the_table(tmp_path):
-    analysis = c4.analyze(_c4_rows(_c4_errors(bn_small=20.0)))
-    paths = c4.figures(analysis, tmp_path)
-    data = _figure_files(paths, "fig-c4-batch-size")
-    inference = data[data["mode"].str.startswith("inference")].set_index(["norm", "batch_size"])
-    assert inference.loc[("batch", 2), "mean"] == pytest.approx(20.0)
-    training_mode = data[data["mode"].str.startswith("training")].set_index(["norm", "batch_size"])
-    assert training_mode.loc[("batch", 2), "mean"] == pytest.approx(25.0)
-    assert len(data) == 2 * 8
-    # Regenerating from the same analysis gives the same bytes.
-    again = c4.figures(analysis, tmp_path / "again")
-    for a, b in zip(sorted(paths), sorted(again)):
-        assert a.read_bytes() == b.read_bytes()
-
-
-def test_c4_grid_scales_the_learning_rate_with_the_batch():
-    full = c4.grid("full")
-    assert {c.batch_size for c in full} == {2, 4, 8, 32, 128}
-    assert all(c.learning_rate == pytest.approx(0.05 * c.batch_size / 32) for c in full)
-    assert len({c.seed for c in full}) >= 5
-    assert len({c.epochs for c in full}) == 1
-
-
-def test_c4_smoke_runs_end_to_end(tmp_path):
-    rows = _run_smoke("C4", tmp_path)
-    assert set(rows["batch_size"]) == {2, 32}
-    assert rows["c4/test_accuracy_batch_stats"].between(0, 1).all()
-    analysis = c4.analyze(rows)
-    assert analysis["verdict"] in ("supported", "partly supported", "not supported")
 
 
 # -- C7 -------------------------------------------------------------------------------------
@@ -298,7 +208,7 @@ def test_c2_smoke_runs_end_to_end(tmp_path):
 # -- all three ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [c2, c4, c7], ids=lambda m: m.CLAIM_ID)
+@pytest.mark.parametrize("module", [c2, c7], ids=lambda m: m.CLAIM_ID)
 def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
     rows = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "Traceback ..."}] * 3)
     analysis = module.analyze(rows)
