@@ -9,6 +9,7 @@ import pytest
 import keras
 
 import kerasnorm
+from tests.kerasnorm.autodiff import layer_gradients
 from tests.kerasnorm.layer_test import run_layer_test
 
 RNG = np.random.default_rng(14)
@@ -136,7 +137,7 @@ def test_gradients_match_finite_differences_of_reference():
     def loss(x_, gamma, beta, tau):
         return np.sum(frn_reference(x_, -1, 1e-3, gamma, beta, tau) * g)
 
-    grads = _gradients(layer, x, g)
+    grads = layer_gradients(layer, x, g)
     h = 1e-6
     args = [x, w["gamma"], w["beta"], w["tau"]]
     for i, analytic in enumerate(grads):
@@ -148,35 +149,6 @@ def test_gradients_match_finite_differences_of_reference():
             minus[i][idx] -= h
             numeric[idx] = (loss(*plus) - loss(*minus)) / (2 * h)
         np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-6)
-
-
-def _gradients(layer, x, g):
-    """d sum(layer(x) * g) / d (x, gamma, beta, tau) with the backend's autodiff."""
-    backend = keras.backend.backend()
-    weights = [layer.gamma, layer.beta, layer.tau]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        xt = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            loss = tf.reduce_sum(layer(xt) * g)
-        return [np.asarray(t) for t in tape.gradient(loss, [xt] + [w.value for w in weights])]
-    if backend == "jax":
-        import jax
-
-        def f(x_, values):
-            out, _ = layer.stateless_call(values, [], x_)
-            return (out * g).sum()
-
-        dx, dw = jax.grad(f, argnums=(0, 1))(x, [w.value for w in weights])
-        return [np.asarray(dx)] + [np.asarray(t) for t in dw]
-    import torch
-
-    xt = torch.tensor(x, requires_grad=True)
-    loss = (layer(xt) * torch.tensor(g)).sum()
-    loss.backward()
-    return [xt.grad.numpy()] + [w.value.grad.numpy() for w in weights]
 
 
 def test_mask_keeps_padding_out_of_the_mean_square():
