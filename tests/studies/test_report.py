@@ -9,7 +9,9 @@ import shutil
 
 import pytest
 
-from studies import claims, sweep
+import pandas
+
+from studies import claims, report, stats, sweep
 from studies.__main__ import main
 from studies.training import RunConfig
 
@@ -34,8 +36,13 @@ def test_report_covers_every_claim_with_its_verdict_and_figures(smoke_results, t
     text = _report(smoke_results, tmp_path)
     for claim_id in claims.CLAIM_IDS:
         section = text.split(f"\n## {claim_id}\n", 1)[1].split("\n## ", 1)[0]
-        assert re.search(r"\*\*Verdict: (supported|partly supported|not supported)\*\*", section), claim_id
+        assert re.search(r"\*\*Verdict: (supported|partly supported|inconclusive|not supported)\*\*", section), claim_id
         assert "**Rule.**" in section and "**Published anchor.**" in section
+        assert "**Convergence" in section and "**Power.**" in section
+        page = tmp_path / "claims" / f"{claim_id.lower()}.md"
+        assert f"]({page.relative_to(tmp_path).as_posix()})" in section and page.read_text().startswith(f"# {claim_id}: ")
+    assert text.count("## The verdict scale") == 1
+    assert "![fig-summary](figures/fig-summary.png)" in text.split("## The verdict scale")[0]
     assert "sqrt(var + epsilon)" in text  # the note's formula, corrected once
     assert "- profile: `smoke`" in text
     figure_ids = set(re.findall(r"\(figures/(fig-[a-z0-9-]+)\.png\)", text))
@@ -64,3 +71,55 @@ def test_report_ignores_runs_the_profile_does_not_plan(smoke_results, tmp_path):
     row["final/test/accuracy"] = 0.0
     sweep.ResultsStore(results).write(row)
     assert _report(results, tmp_path / "after") == before
+
+
+# --- The summary figure and the claim pages, on synthetic analyses ----------------------------
+
+
+def _analysis(claim, low, high, threshold=3.0, kind="at_least", blockers=()):
+    check = stats.Check(f"{claim} effect", stats.Estimate((low + high) / 2, low, high, 6), threshold, kind,
+                        "synthetic anchor", unit=" pp", blockers=blockers)
+    convergence = pandas.DataFrame([{"norm": "batch", "runs": 6, "diverged": 0, "converged": 5,
+                                     "median_plateau": 0.01, "worst_plateau": 0.2}])
+    return stats.make_analysis(
+        claim=claim, title=f"{claim} title", rule="a rule", evidence=[("key", check.effect, " pp")],
+        anchor="an anchor", setup="a setup", checks=[check], convergence=convergence,
+        seed_plan=stats.SeedPlan(pilot=3, initial=6, block=2, cap=10, why="pilot sd 1 pp"),
+        tables={"full table": pandas.DataFrame([{"a": 1.0}])},
+    )
+
+
+def _analyses():
+    return {
+        "C1": _analysis("C1", 4.0, 6.0),  # holds
+        "C2": _analysis("C2", 1.0, 5.0),  # spans the threshold: inconclusive
+        "C3": _analysis("C3", -0.5, 0.5, threshold=1.0, kind="within", blockers=("at the ceiling: x",)),
+        "C4": None,
+    }
+
+
+def test_summary_figure_plots_each_claim_against_its_threshold(tmp_path):
+    analyses = _analyses()
+    paths = report.summary_figure(analyses, tmp_path)
+    assert sorted(p.name for p in paths) == ["fig-summary.csv", "fig-summary.png", "fig-summary.svg"]
+    csv = pandas.read_csv(tmp_path / "fig-summary.csv")
+    assert csv["claim"].tolist() == ["C1", "C2", "C3", "C4"]
+    assert csv["verdict"].tolist() == ["supported", "inconclusive", "inconclusive", "not run"]
+    c1 = csv.iloc[0]
+    assert (c1["mean"], c1["threshold"], c1["scaled_threshold"]) == (5.0, 3.0, 1.0)
+    assert c1["scaled_mean"] == pytest.approx(5.0 / 3, rel=1e-5)  # the CSV keeps 6 digits
+    assert csv.iloc[2]["outcome"] == "undecided"  # blocked, though inside the margin
+    again = report.summary_figure(analyses, tmp_path / "again")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+
+
+def test_summary_and_claim_page_carry_checks_convergence_and_power():
+    analyses = _analyses()
+    summary = report._summary(analyses)
+    assert "| **supported** |" in summary and "| **inconclusive** |" in summary
+    assert "C2 effect: 3.00 pp [1.00, 5.00] (n=6); claim >= 3 pp | undecided" in summary
+    page = report.claim_page("C3", analyses["C3"])
+    assert "| C3 effect | 0.00 pp [-0.50, 0.50] (n=6) | within ±1 pp | **undecided** | yes | at the ceiling: x |" in page
+    assert "5 of 6 runs in 0 of 1 arms converged" in page and "batch (5 of 6)" in page
+    assert "a pilot of 3 seeds; 6 per arm (pilot sd 1 pp)" in page and "up to 10" in page
+    assert "*full table*" in page
