@@ -118,11 +118,11 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
         - [Ioffe, 2017](https://arxiv.org/abs/1702.03275) (batch renormalization).
         - [Hoffer et al., 2017](https://arxiv.org/abs/1705.08741) (ghost batches).
-        - [Summers and Dinneen, 2020](https://arxiv.org/abs/1906.03548), section 3
-          (inference example weighing); [Singh and Shrivastava,
-          2019](https://arxiv.org/abs/1904.06031) (EvalNorm, the same idea).
-        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576), section 5
-          (population statistics in training).
+        - [Summers and Dinneen, 2020](https://arxiv.org/abs/1906.03548) (inference
+          example weighing); [Singh and Shrivastava,
+          2019](https://arxiv.org/abs/1904.06031) (EvalNorm, a related estimate).
+        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576) (population
+          statistics in training, against the train/test inconsistency).
     """
 
     def __init__(

@@ -236,7 +236,8 @@ class FreezeBatchStatistics(keras.callbacks.Callback):
         not).
 
     Reference:
-        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576), section 5.
+        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576) (population
+          statistics in training, against the train/test inconsistency).
     """
 
     def __init__(

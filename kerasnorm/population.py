@@ -79,7 +79,8 @@ def set_inference_weight(model, weight, layers=None):
         The list of layers set.
 
     Reference:
-        - [Summers and Dinneen, 2020](https://arxiv.org/abs/1906.03548), section 3.
+        - [Summers and Dinneen, 2020](https://arxiv.org/abs/1906.03548) (inference
+          example weighing).
     """
     targets = kerasnorm_batch_norms(model, layers)
     for layer in targets:
