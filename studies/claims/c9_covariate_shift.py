@@ -70,12 +70,14 @@ SHIFT_REDUCTION_PCT = 20.0
 #: previous full run (23 pp); Santurkar et al. find "nearly as well" (a point or two).
 BENEFIT_LOST_PP = 5.0
 #: The pilot is the previous full run (8 seeds): sd of the paired accuracy difference
-#: batch - noisy batch about 1.5 pp, of the paired shift reduction about 15 %, so 3 and 7
-#: seeds give half-widths of 2.5 pp and 10 %; 8 keep the grid.
+#: batch - noisy batch 1.4 pp, so 4 seeds give a half-width of 2.5 pp (half of
+#: `BENEFIT_LOST_PP`). The shift reduction spreads far more (sd 67 %: 175 seeds for a
+#: half-width of 10 %), but its interval lay wholly 120 points below the threshold, so the
+#: grid's 8 seeds are kept and the sequential plan adds 4 at a time, up to 16, if undecided.
 SEED_PLAN = stats.SeedPlan(
     pilot=8, initial=8, block=4, cap=16,
-    why="pilot sd of batch - noisy batch accuracy ~1.5 pp, of the shift reduction ~15 %: 3 and 7 seeds "
-        "for half-widths of 2.5 pp and 10 %; the grid's 8 kept",
+    why="pilot sd of batch - noisy batch accuracy 1.4 pp: 4 seeds for a half-width of 2.5 pp; the shift "
+        "reduction's sd 67 % would need 175 for 10 %, but its interval lay 120 points below the threshold",
 )  # fmt: skip
 PROFILES = {
     "smoke": dict(seeds=(0,), logs=2, log_every=3, num_samples=500, arms=("none", NOISY)),
