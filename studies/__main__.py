@@ -2,6 +2,7 @@
 as ``kerasnorm-study``).
 
     python -m studies run --claims C1,C4 --profile quick --jobs 2
+    python -m studies run --claims C1 --seeds 0-49 --executor ray
     python -m studies list --profile full
     python -m studies report
 
@@ -58,6 +59,20 @@ def _jobs(text):
     return jobs
 
 
+def _seeds(text):
+    """``N`` (seeds 0 to N-1) or ``A-B`` (seeds A to B) -> the list of seeds."""
+    first, dash, last = text.partition("-")
+    try:
+        seeds = range(int(first), int(last) + 1) if dash else range(int(text))
+    except ValueError:
+        seeds = range(0)
+    if not seeds or seeds.start < 0:
+        raise argparse.ArgumentTypeError(
+            f"--seeds must be a count N >= 1 or a range A-B with 0 <= A <= B, not '{text}'"
+        )
+    return list(seeds)
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,bench}")
@@ -66,6 +81,10 @@ def _parser():
         sub.add_argument("--claims", type=_claim_ids, default="all", help="C1,C4,... or all (default)")
         sub.add_argument("--profile", type=_profile, default="full", help="smoke | quick | full (default)")
         sub.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
+        sub.add_argument(
+            "--seeds", type=_seeds, default=None,
+            help="N (seeds 0..N-1) or A-B: every arm's seeds, instead of the claims' own",
+        )  # fmt: skip
 
     run = commands.add_parser("run", help="run the claims' grids; finished runs are skipped")
     selection(run)
@@ -124,10 +143,16 @@ def _run(args, parser):
     _check_writable(parser, args.results, "results folder")
     store = sweep.ResultsStore(args.results)
     start = time.monotonic()
+
+    def run_configs(configs):
+        return sweep.run_sweep(configs, store, executor=args.executor, jobs=args.jobs, retry_errors=args.retry_errors)
+
     try:  # the grids, then more seeds where a claim's sequential seed plan asks for them
-        summary, seeds = plan.run_planned(args.claims, args.profile, store, lambda configs: sweep.run_sweep(
-            configs, store, executor=args.executor, jobs=args.jobs, retry_errors=args.retry_errors
-        ))
+        if args.seeds is None:
+            summary, seeds = plan.run_planned(args.claims, args.profile, store, run_configs)
+        else:  # the user's seeds, recorded so that the report plans them too
+            summary, seeds = run_configs(_planned_configs(args)), {}
+            _record_seeds(store, args)
         if seeds:
             print("sequential seed plan, seeds per arm: " + ", ".join(f"{c} {n}" for c, n in seeds.items()))
     except RuntimeError as error:  # the ray executor without ray
@@ -137,10 +162,32 @@ def _run(args, parser):
     print(
         f"{summary.planned} runs planned, {summary.skipped} already done, "
         f"{summary.ok} ran ok, {summary.errors} failed; results in {args.results}"
+        + (f" (with {summary.extra} runs of the other seeds of the blocks that ran)" if summary.extra else "")
     )
     if summary.errors:
         print("Failed runs are recorded with their error; rerun them with --retry-errors.")
     return 0
+
+
+def _planned_configs(args, claim_ids=None) -> list:
+    """The configs of the selected claims (or `claim_ids`), with ``--seeds`` applied."""
+    from studies import claims, sweep
+
+    planned = claims.plan(claim_ids or args.claims, args.profile)
+    configs = [c for claim_configs in planned.values() for c in claim_configs]
+    return configs if args.seeds is None else sweep.reseed(configs, args.seeds)
+
+
+def _record_seeds(store, args):
+    """Stores each selected claim's seeds per arm as at least ``max(--seeds) + 1`` in the
+    seed plan's file (`studies.plan.SEEDS`), which `studies.report` and later runs read:
+    the report then takes every stored seed up to that one."""
+    from studies import plan
+
+    seeds = plan.read_seeds(store.root, args.profile)
+    for claim_id in args.claims:
+        seeds[claim_id] = max(seeds.get(claim_id, 0), max(args.seeds) + 1)
+    plan.write_seeds(store.root, args.profile, seeds)
 
 
 def _write_manifest(store, args, summary, wall_s):
@@ -152,6 +199,7 @@ def _write_manifest(store, args, summary, wall_s):
     sweeps.append(
         {
             "claims": args.claims,
+            "seeds": None if args.seeds is None else f"{min(args.seeds)}-{max(args.seeds)}",
             "executor": args.executor,
             "jobs": args.jobs,
             "wall_s": wall_s,
@@ -177,9 +225,9 @@ def _list(args, parser):
 
     _check_readable(parser, args.results, "results folder", must_exist=False)
     store = sweep.ResultsStore(args.results)
-    planned = claims.plan(args.claims, args.profile)
     total_done = total = 0
-    for claim_id, configs in planned.items():
+    for claim_id in args.claims:
+        configs = _planned_configs(args, [claim_id])
         statuses = [store.status(c) for c in configs]
         done = sum(s is not None for s in statuses)
         failed = statuses.count("error")

@@ -62,6 +62,13 @@ def concat(*grids) -> list[RunConfig]:
     return out
 
 
+def reseed(configs, seeds) -> list[RunConfig]:
+    """`configs` with each arm's seeds replaced by `seeds` (an arm: the configs that differ
+    only in their seed), arms in their first order, each config once."""
+    arms = concat(dataclasses.replace(c, seed=0) for c in configs)
+    return [dataclasses.replace(arm, seed=int(seed)) for arm in arms for seed in seeds]
+
+
 # ---------------------------------------------------------------------------------------
 # The store.
 

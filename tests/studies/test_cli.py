@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from studies import claims
+from studies import claims, plan, stacked
 from studies.__main__ import main
 
 
@@ -20,7 +20,9 @@ def test_smoke_profile_end_to_end(tmp_path, capsys):
     assert main(["run", *argv]) == 0
     planned = claims.load("C1").grid("smoke")
     stored = sorted(results.glob("C1/*.json"))
-    assert {p.stem for p in stored} == {c.key() for c in planned}
+    # each planned seed's whole block of seeds ran stacked, and all of its rows are stored
+    assert {p.stem for p in stored} >= {c.key() for c in planned}
+    assert len(stored) == len(stacked.plan(planned)) * stacked.MEMBERS
     rows = [json.loads(p.read_text()) for p in stored]
     assert all(r["status"] == "ok" for r in rows)
     manifest = json.loads((results / "manifest.json").read_text())
@@ -46,7 +48,7 @@ def test_manifest_accumulates_a_study_run_in_pieces(tmp_path):
     store = sweep.ResultsStore(tmp_path)
     done = sweep.SweepSummary(planned=3, skipped=0, ok=3, errors=0)
     args = lambda claims, profile="full": argparse.Namespace(  # noqa: E731
-        claims=claims, profile=profile, executor="local", jobs=2
+        claims=claims, profile=profile, executor="local", jobs=2, seeds=None
     )
     _write_manifest(store, args(["C4"]), done, 60.0)
     _write_manifest(store, args(["C1", "C2"]), done, 30.0)
@@ -76,11 +78,36 @@ def test_list_counts_every_claims_plan(tmp_path, capsys):
         (["run", "--executor", "slurm"], "unknown executor 'slurm'"),
         (["run", "--jobs", "0"], "'0'"),
         (["run", "--jobs", "two"], "'two'"),
+        (["run", "--seeds", "0"], "not '0'"),
+        (["list", "--seeds", "5-3"], "not '5-3'"),
+        (["run", "--seeds", "-3"], "not '-3'"),
+        (["list", "--seeds", "two"], "not 'two'"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_value(argv, named, capsys):
     assert _exit_code(argv) == 2
     assert named in capsys.readouterr().err
+
+
+def test_seeds_replace_every_arms_seeds_for_run_list_and_report(tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ["--claims", "C1", "--profile", "smoke", "--results", str(results), "--seeds", "2-3"]
+    arms = len(claims.load("C1").grid("smoke"))  # the smoke grid has one seed per arm
+    assert main(["list", *argv]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"total: 0/{2 * arms} runs done"
+    assert main(["run", *argv]) == 0
+    assert f"{2 * arms} runs planned, 0 already done, {2 * arms} ran ok" in capsys.readouterr().out
+    rows = [json.loads(p.read_text()) for p in results.glob("C1/*.json")]
+    assert {r["seed"] for r in rows} == set(range(stacked.MEMBERS))  # seeds 2 and 3's block
+    # the report plans every stored seed up to the last one asked for
+    assert plan.read_seeds(results, "smoke") == {"C1": 4}
+    assert _last_sweep_seeds(results) == "2-3"
+    assert main(["list", *argv[:-2], "--seeds", "4"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"total: {4 * arms}/{4 * arms} runs done"
+
+
+def _last_sweep_seeds(results):
+    return json.loads((results / "manifest.json").read_text())["sweeps"][-1]["seeds"]
 
 
 def test_unusable_paths_exit_2_naming_them(tmp_path, capsys):
