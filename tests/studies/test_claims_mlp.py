@@ -10,6 +10,7 @@ import pandas
 import pytest
 import tensorflow as tf
 
+from studies import data as data_module
 from studies import stats, sweep, training
 from studies.__main__ import main
 from studies.claims import c1_speed as c1
@@ -141,51 +142,125 @@ def test_c1_figures_write_the_plotted_numbers(tmp_path):
 
 # --- C3 ---------------------------------------------------------------------------------
 
+CONVERGED = (2.3, 0.9, 0.2, 0.05, 0.04, 0.04)  # plateau 0.0: levelled off
+STILL_FALLING = (2.3, 1.9, 1.5, 1.1, 0.7, 0.3)  # plateau 0.2: a fifth of the decrease at the end
 
-def _c3_rows(gaps, train=1.0):
+
+def _c3_rows(gaps, train=1.0, spread=None, losses=None):
+    """Synthetic C3 rows: `gaps` {arm: mean gap in pp}; each arm's seeds scatter around it
+    with a pattern of its own (so paired differences have a spread), `spread[arm]` pp wide."""
     rows = []
-    for arm, gap in gaps.items():
+    for k, (arm, gap) in enumerate(gaps.items()):
+        fit = train[arm] if isinstance(train, dict) else train
         for seed in SEEDS:
-            test = train - gap - _jitter(seed)
+            wiggle = (spread or {}).get(arm, 0.4) * ((seed + k) % 5 - 2) / 2
+            test = (100.0 * fit - gap - wiggle) / 100.0
             rows.append({
                 "claim": "C3", "status": "ok", "opt/c3/arm": arm, "seed": seed, "diverged": False,
-                "final/train_eval/accuracy": train, "final/test/accuracy": test,
-                "num_samples": None, "epochs": 20, "epoch_steps": 75, "c3/train_examples": 1000,
+                "final/train_eval/accuracy": fit,
+                "final/test/accuracy": test, "train/loss": (losses or {}).get(arm, CONVERGED),
+                "num_samples": None, "epochs": 20, "epoch_steps": 80, "c3/train_examples": 1024,
+                "c3/recalibrate_every": 20,
             })  # fmt: skip
     return pandas.DataFrame(rows)
 
 
+# Gaps in pp: BN narrows no norm's by 3 (>= 1: "slight"), dropout p = 0.1 by 4; no noise
+# and fixed batches lose most of it.
 REGULARIZES = {
-    "none": 0.50, "dropout 0.1": 0.45, "dropout 0.3": 0.40, "batch 64": 0.44,
-    "ghost 16": 0.40, "ghost 4": 0.30, "batch, no noise": 0.49,
+    "none": 50.0, "none, fixed batches": 50.5, "dropout 0.1": 46.0, "batch 64": 47.0,
+    "batch 64, fixed batches": 50.0, "batch, no noise": 49.5,
 }  # fmt: skip
 
 
-def test_c3_supported_when_the_gap_follows_the_batch_noise():
+def _c3_outcomes(analysis):
+    return [c["outcome"] for c in analysis["checks"]]
+
+
+def test_c3_supported_when_every_check_holds():
     analysis = c3.analyze(_c3_rows(REGULARIZES))
-    assert analysis["verdict"] == "supported", analysis["parts"]
+    assert analysis["verdict"] == "supported", analysis["checks"]
+    assert _c3_outcomes(analysis) == ["holds"] * 4
+    headline = analysis["checks"][0]
+    assert headline["decisive"] and headline["threshold"] == c3.SLIGHT_PP
+    assert headline["effect"]["mean"] == pytest.approx(3.0)
     table = pandas.DataFrame(analysis["tables"][c3.BY_ARM]).set_index("arm")
-    assert table.loc["ghost 4", "gap_mean"] == pytest.approx(0.30)
+    assert table.loc["batch, no noise", "gap_mean"] == pytest.approx(49.5)
+    # The test accuracy change is reported beside the gap.
+    assert analysis["evidence"][1]["label"].startswith("test accuracy of BN minus no norm")
+    assert analysis["evidence"][1]["mean"] == pytest.approx(3.0)
 
 
-def test_c3_verdict_flips_when_batch_norm_does_not_regularize():
-    flat = {arm: 0.50 for arm in REGULARIZES} | {"dropout 0.1": 0.40, "dropout 0.3": 0.30}
-    analysis = c3.analyze(_c3_rows(flat))
-    assert analysis["verdict"] == "not supported", analysis["parts"]
+def test_c3_not_supported_when_the_narrowing_is_clearly_below_slight():
+    none = REGULARIZES | {"batch 64": 49.8}  # narrowing 0.2 pp, interval wholly below 1 pp
+    analysis = c3.analyze(_c3_rows(none, spread={"none": 0.1, "batch 64": 0.1}))
+    assert analysis["checks"][0]["outcome"] == "fails"
+    assert analysis["verdict"] == "not supported"
 
 
-def test_c3_noise_free_arm_keeping_the_effect_is_only_partly_supported():
-    kept = REGULARIZES | {"batch, no noise": 0.44}
+def test_c3_inconclusive_when_the_narrowing_interval_spans_slight():
+    wide = REGULARIZES | {"batch 64": 48.8}  # narrowing 1.2 pp, seeds spread by several pp
+    analysis = c3.analyze(_c3_rows(wide, spread={"batch 64": 6.0}))
+    first = analysis["checks"][0]
+    assert first["effect"]["low"] < c3.SLIGHT_PP < first["effect"]["high"]
+    assert first["outcome"] == "undecided" and not first["blockers"]
+    assert analysis["verdict"] == "inconclusive"
+
+
+def test_c3_inconclusive_when_an_arm_has_not_converged_or_does_not_fit():
+    unconverged = c3.analyze(_c3_rows(REGULARIZES, losses={"batch 64": STILL_FALLING}))
+    assert unconverged["verdict"] == "inconclusive"
+    assert any("not converged" in b and "batch 64" in b for b in unconverged["checks"][0]["blockers"])
+    conv = pandas.DataFrame(unconverged["convergence"]).set_index("arm")
+    assert conv.loc["batch 64", "converged"] == 0 and conv.loc["none", "converged"] == len(SEEDS)
+    underfit = c3.analyze(_c3_rows(REGULARIZES, train={a: 0.9 if a == "batch 64" else 1.0 for a in REGULARIZES}))
+    assert any("does not fit" in b for b in underfit["checks"][0]["blockers"])
+    assert underfit["verdict"] == "inconclusive"
+
+
+def test_c3_partly_supported_when_the_noise_free_arm_keeps_the_effect():
+    kept = REGULARIZES | {"batch, no noise": 47.0}
     analysis = c3.analyze(_c3_rows(kept))
     assert analysis["verdict"] == "partly supported"
-    assert [held for held in analysis["parts"].values()] == [True, True, False, True]
+    assert _c3_outcomes(analysis) == ["holds", "holds", "fails", "holds"]
+
+
+def test_c3_fixed_batches_check_is_the_difference_in_differences():
+    # Fixed batches widen both gaps by 0.5 pp: no cost to BN beyond what no norm pays.
+    same = REGULARIZES | {"batch 64, fixed batches": 47.5}
+    check = c3.analyze(_c3_rows(same, spread={a: 0.0 for a in REGULARIZES}))["checks"][3]
+    assert "fixed batches" in check["name"]
+    assert check["effect"]["mean"] == pytest.approx(0.0) and check["outcome"] == "fails"
 
 
 def test_c3_figure_csv_holds_each_arm_gap(tmp_path):
     analysis = c3.analyze(_c3_rows(REGULARIZES))
     csv = _read_csv_and_check_files(c3.figures(analysis, tmp_path), "fig-c3-gap")
     assert list(csv["arm"]) == list(c3.ARMS)
-    assert csv.set_index("arm").loc["batch 64", "gap_mean"] == pytest.approx(0.44)
+    assert csv.set_index("arm").loc["batch 64", "gap_mean"] == pytest.approx(47.0)
+
+
+def test_c3_grid_fixes_the_batches_of_the_fixed_arms_only():
+    configs = c3.grid("full")
+    assert len(configs) == len(c3.ARMS) * c3.SEED_PLAN.initial
+    for config in configs:
+        assert config.option("fixed_batches", False) == (config.option("c3/arm") in c3.FIXED)
+        # Whole batches per pass, so the fixed arms repeat exactly the same batches.
+        assert config.option("c3/train_size") % config.batch_size == 0
+
+
+def test_c3_fixed_batches_repeat_one_shuffle_every_pass():
+    x = np.arange(8, dtype="float32")[:, None]
+    dataset = data_module.Dataset("t", x, np.zeros(8, "int32"), x[:2], np.zeros(2, "int32"), 2)
+
+    def batches(reshuffle):
+        ds = training.tf_dataset(dataset, "train", 4, shuffle_seed=3, repeat=True, reshuffle=reshuffle)
+        return [tuple(b[0].numpy().ravel().astype(int)) for b in ds.take(6)]
+
+    fixed = batches(reshuffle=False)
+    assert fixed[:2] == fixed[2:4] == fixed[4:6] and sorted(sum(fixed[:2], ())) == list(range(8))
+    reshuffled = batches(reshuffle=True)
+    assert reshuffled[:2] != reshuffled[2:4] or reshuffled[2:4] != reshuffled[4:6]
 
 
 def test_c3_population_batch_norm_uses_exact_training_set_statistics():
@@ -350,4 +425,4 @@ def test_smoke_grids_run_end_to_end_and_analyze(tmp_path):
         assert {p.stem for p in written} == set(analysis["figures"])
     c3_rows = rows[rows["claim"] == "C3"]
     assert (c3_rows["c3/train_examples"] == 256).all()
-    assert c3_rows["train_eval/accuracy"].map(len).eq(1).all()
+    assert c3_rows["train_eval/accuracy"].map(len).eq(2).all()
