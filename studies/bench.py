@@ -8,7 +8,9 @@ Keras), which cancels most of the machine's drift. One elementwise pass over the
 is the floor, and a Conv/Dense + BN block is timed at inference with BN folded into the
 kernel (`kerasnorm.fold_batch_norm`). Last, study throughput: the same small sweep run by
 the executor with 1 and with 2 workers, in runs per minute over the whole wall time
-(start-up included) and in the steady state after each worker's first run.
+(start-up included) and in the steady state after each worker's first run. And the
+engine: 8 seeds of the study's MLP and CNN through the sweep against a plain Keras loop
+(`--engine-only` runs just that).
 
 Writes `<results>/bench.json`, which `python -m studies report` renders (table and figure).
 """
@@ -342,6 +344,133 @@ def bench_throughput(executor, tiny):
     return rows
 
 
+#: Target of issue 13: the engine's wall time for a sweep of 8 seeds at most this fraction
+#: of a plain Keras loop's over the same seeds.
+TARGET_ENGINE_VS_PLAIN = 0.2
+
+
+def engine_configs(model, tiny):
+    """The 8 seeds of one study arm: the study's MLP as C1 runs it (3x100, BN, SGD with
+    momentum, batch 32, 25 evaluations every 50 steps: 1250 steps) or the 1-D CNN as C7
+    does (BN, 4000 samples, 8 epochs); `tiny`: a few steps of small ones."""
+    from studies import stacked
+    from studies.sweep import grid
+    from studies.training import RunConfig
+
+    if model == "mlp":
+        base = RunConfig(claim="bench", model="mlp", norm="batch", widths=(100, 100, 100), learning_rate=0.1,
+                         steps_per_epoch=5 if tiny else 50, epochs=2 if tiny else 25, num_samples=500 if tiny else None)
+    else:
+        base = RunConfig(claim="bench", model="cnn1d", norm="batch", learning_rate=0.05,
+                         num_samples=300 if tiny else 4000, epochs=1 if tiny else 8)  # fmt: skip
+    return grid(base, seed=list(range(stacked.MEMBERS)))
+
+
+def plain_keras_loop(configs):
+    """The seeds as a careful user trains them one by one: for each, a clean session, the
+    seed set, the model built and compiled (several steps per compiled call), and `fit`
+    over a shuffled `tf.data` pipeline with the test set evaluated after each epoch.
+    Returns ``(wall_s, train_s)``, `train_s` being `fit`'s time less its evaluations."""
+    import keras
+
+    from studies import training
+
+    class EvalTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.eval_s, self._start = 0.0, 0.0
+
+        def on_test_begin(self, logs=None):
+            self._start = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.eval_s += time.perf_counter() - self._start
+
+    start = time.perf_counter()
+    train_s = 0.0
+    for config in configs:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(config.seed)
+        dataset = training.load_dataset(config)
+        steps = training.epoch_steps(config, dataset)
+        model = training.build(config, dataset)
+        model.compile(
+            optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            steps_per_execution=max(d for d in range(1, min(steps, 32) + 1) if steps % d == 0),
+        )
+        train = training.tf_dataset(dataset, "train", config.batch_size, config.seed, repeat=True)
+        test = training.tf_dataset(dataset, "test", training.EVAL_BATCH_SIZE)
+        timer = EvalTimer()
+        fit_start = time.perf_counter()
+        model.fit(train, epochs=config.epochs, steps_per_epoch=steps, validation_data=test, shuffle=False,
+                  callbacks=[timer], verbose=0)
+        train_s += time.perf_counter() - fit_start - timer.eval_s
+    return time.perf_counter() - start, train_s
+
+
+def engine_sweep(configs):
+    """The same seeds through `studies.sweep.run_sweep` (one worker, in this process, a
+    fresh store, no compiled model kept from before). Returns ``(wall_s, train_s)``, the
+    training time summed over the rows."""
+    from studies import stacked, sweep
+
+    stacked._TRAINERS.clear()
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        sweep.run_sweep(configs, sweep.ResultsStore(tmp), progress_stream=open(os.devnull, "w"))
+        wall_s = time.perf_counter() - start
+        rows = sweep.load_rows(tmp)
+    if set(rows["status"]) != {"ok"}:
+        raise RuntimeError(f"the engine's bench sweep failed: {rows['error'].dropna().iloc[0]}")
+    return wall_s, float(rows["time/train_s"].sum())
+
+
+def bench_engine(tiny, repeats):
+    """The engine against `plain_keras_loop` on the same 8 seeds of the study's MLP and 1-D
+    CNN, alternating `repeats` times; medians of the wall times and of the overheads (the
+    share of the wall time not spent training)."""
+    rows = []
+    for model in ("mlp", "cnn1d"):
+        configs = engine_configs(model, tiny)
+        times = {"plain": [], "engine": []}
+        for i in range(repeats):
+            for side in (("plain", "engine") if i % 2 == 0 else ("engine", "plain")):
+                times[side].append(plain_keras_loop(configs) if side == "plain" else engine_sweep(configs))
+        wall = {side: statistics.median(w for w, _ in t) for side, t in times.items()}
+        overhead = {side: statistics.median(1 - s / w for w, s in t) for side, t in times.items()}
+        ratio = statistics.median(e[0] / p[0] for e, p in zip(times["engine"], times["plain"]))
+        rows.append(
+            {
+                "model": model,
+                "seeds": len(configs),
+                "steps_per_seed": configs[0].epochs * (configs[0].steps_per_epoch or 0) or None,
+                "epochs": configs[0].epochs,
+                "repeats": repeats,
+                "plain_wall_s": wall["plain"],
+                "engine_wall_s": wall["engine"],
+                "ratio": ratio,
+                "plain_overhead": overhead["plain"],
+                "engine_overhead": overhead["engine"],
+                "target": TARGET_ENGINE_VS_PLAIN,
+                "met": bool(ratio <= TARGET_ENGINE_VS_PLAIN),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+ENGINE_DESCRIPTION = (
+    "The study engine (`studies.sweep.run_sweep`, one worker: the 8 seeds train as the members "
+    "of one stacked model) against a plain Keras loop over the same 8 seeds (per seed: clean "
+    "session, build, compile, `fit` with the test set evaluated after each epoch), alternating "
+    "the two; medians over the repeats of the wall times, of the ratio engine / plain, and of "
+    "the overheads (1 - training time / wall time). Target (issue 13): the engine at most "
+    f"{TARGET_ENGINE_VS_PLAIN}x the plain loop's wall time."
+)
+
+
 def _row_text(r):
     return (
         f"{r['shape']:8s} {r['layer']:19s} {r['mode']:14s} xla={str(r['xla']):5s} keras {r['keras_ms']:8.2f} ms"
@@ -434,16 +563,33 @@ def main(argv=None):
                         help="fresh processes the layer cases run in, one after another; the "
                         "table gives the median over them (default 3)")
     parser.add_argument("--layers-only", type=pathlib.Path, help=argparse.SUPPRESS)
+    parser.add_argument("--engine-only", action="store_true",
+                        help="only the engine against a plain Keras loop (`engine` in bench.json, "
+                        "the rest of an existing bench.json kept)")
+    parser.add_argument("--engine-repeats", type=int, default=3,
+                        help="alternations of the engine and the plain loop (default 3)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, not {args.repeats}")
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, not {args.processes}")
+    if args.engine_repeats < 1:
+        parser.error(f"--engine-repeats must be at least 1, not {args.engine_repeats}")
     shapes = TINY_SHAPES if args.tiny else SHAPES
     if args.layers_only:  # one process of `bench_layers`
         args.layers_only.write_text(json.dumps(measure_layers(shapes, args.repeats)))
         return 0
+    engine = {"description": ENGINE_DESCRIPTION, "table": bench_engine(args.tiny, args.engine_repeats)}
+    if args.engine_only:
+        previous = args.results / "bench.json"
+        result = json.loads(previous.read_text()) if previous.exists() else {"machine": machine()}
+        result["engine"] = engine
+        path = write(result, args.results)
+        ratios = ", ".join(f"{r['model']} {r['ratio']:.2f}x" for r in engine["table"])
+        print(f"engine / plain Keras loop: {ratios}; wrote {path}")
+        return 0
     result = run(shapes, args.repeats, args.executor, args.tiny, args.processes)
+    result["engine"] = engine
     path = write(result, args.results)
     met = sum(r["met"] for r in result["table"])
     fixed = sum(r["met_at_fixed_ratio"] for r in result["table"])

@@ -35,6 +35,11 @@ def test_bench_writes_its_table_and_figure(tmp_path):
     assert [(r["workers"], r["runs"]) for r in result["throughput"]] == [(1, 4), (2, 4)]
     assert all(r["steady_runs_per_min"] > 0 for r in result["throughput"])
     assert result["throughput"][1]["met"] == (result["throughput"][1]["speedup_vs_1"] >= bench.TARGET_SPEEDUP_2_WORKERS)
+    engine = result["engine"]["table"]
+    assert [(r["model"], r["seeds"]) for r in engine] == [("mlp", 8), ("cnn1d", 8)]
+    for r in engine:
+        assert r["plain_wall_s"] > 0 and r["engine_wall_s"] > 0 and 0 < r["engine_overhead"] < 1
+        assert r["met"] == (r["ratio"] <= bench.TARGET_ENGINE_VS_PLAIN)
     paths = bench.figures(result, tmp_path / "figures")
     assert [p.suffix for p in paths] == [".png", ".svg", ".csv"]
     plotted = pandas.read_csv(paths[2])
@@ -64,6 +69,21 @@ def test_combining_processes_takes_the_median_of_each_number():
     (row,) = bench.combine_processes(runs)
     assert (row["ratio"], row["keras_vs_keras"], row["keras_ms"]) == (1.0, 1.0, 2.0)
     assert row["ratio_per_process"] == [1.2, 0.9, 1.0] and row["xla"] is False
+
+
+def test_engine_only_replaces_the_engine_table_and_keeps_the_rest(tmp_path, monkeypatch):
+    (tmp_path / "bench.json").write_text(json.dumps({"table": [{"layer": "kept"}], "engine": {"table": []}}))
+    calls = []
+
+    def fake_engine(tiny, repeats):
+        calls.append((tiny, repeats))
+        return [{"model": "mlp", "ratio": 0.1}]
+
+    monkeypatch.setattr(bench, "bench_engine", fake_engine)
+    assert main(["bench", "--engine-only", "--engine-repeats", "2", "--results", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert calls == [(False, 2)] and result["table"] == [{"layer": "kept"}]
+    assert result["engine"]["table"] == [{"model": "mlp", "ratio": 0.1}] and "plain Keras loop" in result["engine"]["description"]
 
 
 def test_bench_rejects_a_bad_repeat_count(capsys):
