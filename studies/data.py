@@ -136,14 +136,13 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     )
 
 
-def _majority_sequences(rng, n, min_len, max_len, num_classes, vocab, marker_rate):
-    """``n`` token sequences whose label is the marker token that occurs most often.
-
-    Tokens ``0..num_classes-1`` are markers, the rest distractors. Sequences with a tied
-    count are drawn again, so every label is unambiguous. Returns one-hot float32
-    ``(n, max_len, vocab)`` padded with zeros after each sequence, the labels and the
-    boolean mask.
-    """
+def _unambiguous_sequences(rng, n, min_len, max_len, num_classes, vocab, draw):
+    """``n`` labelled token sequences by rejection: each round draws lengths, then
+    ``draw(want) -> (tokens, first)`` (``(want, max_len)`` token ids and, per sequence,
+    the id of its class-0 marker: classes are counted as tokens ``first + c``); sequences
+    whose largest class count is tied are drawn again. Returns one-hot float32
+    ``(n, max_len, vocab)`` padded with zeros after each sequence, the labels (the class
+    counted most often) and the boolean mask."""
     x = np.zeros((n, max_len, vocab), np.float32)
     y = np.zeros(n, np.int32)
     mask = np.zeros((n, max_len), bool)
@@ -151,14 +150,9 @@ def _majority_sequences(rng, n, min_len, max_len, num_classes, vocab, marker_rat
     while filled < n:
         want = 2 * (n - filled)
         lengths = rng.integers(min_len, max_len + 1, size=want)
-        is_marker = rng.random((want, max_len)) < marker_rate
-        tokens = np.where(
-            is_marker,
-            rng.integers(0, num_classes, size=(want, max_len)),
-            rng.integers(num_classes, vocab, size=(want, max_len)),
-        )
+        tokens, first = draw(want)
         valid = np.arange(max_len) < lengths[:, None]
-        counts = np.stack([((tokens == c) & valid).sum(1) for c in range(num_classes)], 1)
+        counts = np.stack([((tokens == first + c) & valid).sum(1) for c in range(num_classes)], 1)
         top = np.sort(counts, axis=1)
         keep = np.flatnonzero(top[:, -1] > top[:, -2])[: n - filled]
         rows = slice(filled, filled + len(keep))
@@ -167,6 +161,53 @@ def _majority_sequences(rng, n, min_len, max_len, num_classes, vocab, marker_rat
         mask[rows] = valid[keep]
         filled += len(keep)
     return x, y, mask
+
+
+def _majority_sequences(rng, n, min_len, max_len, num_classes, vocab, marker_rate):
+    """``n`` token sequences whose label is the marker token that occurs most often.
+
+    Tokens ``0..num_classes-1`` are markers, the rest distractors (`_unambiguous_sequences`
+    redraws ties and returns one-hot sequences, labels and mask).
+    """
+
+    def draw(want):
+        is_marker = rng.random((want, max_len)) < marker_rate
+        tokens = np.where(
+            is_marker,
+            rng.integers(0, num_classes, size=(want, max_len)),
+            rng.integers(num_classes, vocab, size=(want, max_len)),
+        )
+        return tokens, np.zeros((want, 1), int)
+
+    return _unambiguous_sequences(rng, n, min_len, max_len, num_classes, vocab, draw)
+
+
+def _keyed_sequences(rng, n, min_len, max_len, num_classes, vocab, marker_rate):
+    """``n`` token sequences whose first token is a key that says which of two marker
+    groups to count; the label is the marker of that group that occurs most often.
+
+    Tokens ``0, 1`` are the keys, ``2 .. 2 + 2 * num_classes - 1`` the markers (group 0
+    first), the rest distractors; the key appears only at step 0 (`_unambiguous_sequences`
+    redraws ties within the named group and returns one-hot sequences, labels and mask).
+    """
+    markers = 2 * num_classes
+
+    def draw(want):
+        key = rng.integers(0, 2, size=want)
+        is_marker = rng.random((want, max_len)) < marker_rate
+        tokens = np.where(
+            is_marker,
+            2 + rng.integers(0, markers, size=(want, max_len)),
+            2 + markers + rng.integers(0, max(vocab - 2 - markers, 1), size=(want, max_len)),
+        )
+        tokens[:, 0] = key
+        return tokens, (2 + key * num_classes)[:, None]
+
+    return _unambiguous_sequences(rng, n, min_len, max_len, num_classes, vocab, draw)
+
+
+#: The labelling rules of `sequences`: name -> generator.
+SEQUENCE_RULES = {"majority": _majority_sequences, "keyed": _keyed_sequences}
 
 
 @functools.lru_cache(maxsize=8)
@@ -179,6 +220,9 @@ def sequences(
     num_classes: int = 4,
     num_distractors: int = 2,
     marker_rate: float = 0.5,
+    rule: str = "majority",
+    token_noise: float = 0.0,
+    test_samples: int | None = None,
 ) -> Dataset:
     """A variable-length sequence task: which marker token occurs most often?
 
@@ -186,12 +230,27 @@ def sequences(
     one-hot tokens drawn from ``num_classes`` markers and ``num_distractors`` distractors;
     the label is the marker with the strictly largest count (ties are redrawn). Solving it
     needs a running count carried over every step, and the test split asks the model to
-    carry it over more steps than training ever showed. 80% of ``num_samples`` are train.
+    carry it over more steps than training ever showed. 80% of ``num_samples`` are train,
+    the rest test, unless ``test_samples`` sets the size of the test split (a larger one
+    makes each length bucket of a run's test accuracy less noisy).
 
     ``x_train`` is ``(n, max_train_len, d)`` and ``x_test`` is ``(n, max_test_len, d)``
     with ``d = num_classes + num_distractors``; padded steps are all-zero vectors and False
     in ``mask_*``.
+
+    ``rule="keyed"`` (`_keyed_sequences`) makes the dependency span the whole sequence:
+    step 0 holds one of two key tokens, the markers come in two groups of
+    ``num_classes``, and the label is the most frequent marker of the group the key names,
+    so a model must carry the key from the first step to the last (``d = 2 + 2 *
+    num_classes + num_distractors``; ``min_len >= 2``).
+
+    ``token_noise > 0`` adds Gaussian noise of that deviation to every component of every
+    real step (padding stays zero), drawn once with the data: each token is then uncertain
+    and a count can be misread, so even a model that has learned the rule makes errors
+    (the task keeps room below 100 %), more of them where the counts are close.
     """
+    if rule not in SEQUENCE_RULES:
+        raise ValueError(f"Unknown sequence rule '{rule}'. Known rules: {', '.join(SEQUENCE_RULES)}")
     if not 1 <= min_len <= max_train_len <= max_test_len:
         raise ValueError(
             "Sequence lengths must satisfy 1 <= min_len <= max_train_len <= max_test_len. "
@@ -204,16 +263,25 @@ def sequences(
             f"Received: num_classes={num_classes}, num_distractors={num_distractors}, "
             f"marker_rate={marker_rate}"
         )
+    if test_samples is not None and test_samples < 1:
+        raise ValueError(f"test_samples must be positive. Received: test_samples={test_samples}")
+    if token_noise < 0:
+        raise ValueError(f"token_noise must be >= 0. Received: token_noise={token_noise}")
     if num_distractors == 0 and marker_rate < 1:
         raise ValueError("Without distractor tokens every step is a marker: set marker_rate=1.")
+    if rule == "keyed" and min_len < 2:
+        raise ValueError(f"Keyed sequences need min_len >= 2 (the key and a token). Received: min_len={min_len}")
     rng = np.random.default_rng(seed)
-    vocab = num_classes + num_distractors
+    vocab = num_classes + num_distractors if rule == "majority" else 2 + 2 * num_classes + num_distractors
+    generate = SEQUENCE_RULES[rule]
     n_train = int(num_samples * 0.8)
     common = dict(min_len=min_len, num_classes=num_classes, vocab=vocab, marker_rate=marker_rate)
-    x_train, y_train, m_train = _majority_sequences(rng, n_train, max_len=max_train_len, **common)
-    x_test, y_test, m_test = _majority_sequences(
-        rng, num_samples - n_train, max_len=max_test_len, **common
-    )
+    x_train, y_train, m_train = generate(rng, n_train, max_len=max_train_len, **common)
+    n_test = num_samples - n_train if test_samples is None else int(test_samples)
+    x_test, y_test, m_test = generate(rng, n_test, max_len=max_test_len, **common)
+    if token_noise:
+        x_train = x_train + token_noise * rng.standard_normal(x_train.shape, np.float32) * m_train[..., None]
+        x_test = x_test + token_noise * rng.standard_normal(x_test.shape, np.float32) * m_test[..., None]
     return Dataset(
         name="sequences",
         x_train=_frozen(x_train),

@@ -2,10 +2,18 @@
 
 An LSTM with the norm inside the recurrence (`studies.models`: Keras's `LSTMCell`,
 kerasnorm's `BatchNormLSTMCell` with per-step or shared statistics, `LayerNormLSTMCell`)
-is trained on the synthetic sequence task (`studies.data.sequences`: which marker token
-occurs most often), padded and masked, on lengths up to T and tested on lengths up to 4T.
-The task ``c5_length_buckets`` trains as the engine does and then scores the test set by
-sequence length: within the training lengths (<= T), beyond them ((T, 2T], (2T, 4T]).
+is trained on the keyed sequence task (`studies.data.sequences` with ``rule="keyed"``: the
+first token names one of two marker groups, the label is that group's most frequent
+marker, every token blurred by Gaussian noise), padded and masked, on lengths up to T and
+tested on lengths up to 4T. The task ``c5_length_buckets`` trains as the engine does and
+then scores the test set by sequence length: within the training lengths (<= T), beyond
+them ((T, 2T], (2T, 4T]).
+
+The task replaced the plain majority task of earlier runs (issue 11), where every arm
+scored 98-100 % within the training lengths: at that ceiling the per-step and the shared
+BN arms could not differ. The key carried from the first step to the last is the longer
+dependency, and the token noise keeps room below 100 % for a model that has learned the
+rule (pilot: LN 88 %, per-step BN 87 % within T; chance 25 %).
 """
 
 from __future__ import annotations
@@ -25,15 +33,47 @@ TITLE = "BN is not suitable for RNNs because the input size varies"
 TASK = "c5_length_buckets"
 
 # ---------------------------------------------------------------------------------------
+# The checks (fixed before the full run).
+
+#: Both checks compare accuracies in percentage points, paired by seed, against 3 pp: the
+#: study's size of an accuracy difference that matters (C4's threshold too). The anchors
+#: are qualitative (Ba et al. 2016 say per-step BN is needed and breaks past T_max; no
+#: paper gives a size), so the threshold is a practical one: less would be lost in the
+#: seed-to-seed spread of a single model; more would dismiss a handicap users notice.
+WORKAROUND_PP = 3.0
+DEGRADATION_PP = 3.0
+CHANCE_PCT = 25.0  # 4 balanced classes
+#: The pilot of the spread is the previous full run (5 seeds, the plain majority task):
+#: sd of the drop past T 2.9 pp (per-step BN) and 1.8 pp (LN), so the paired difference's
+#: sd is at most 3.4 pp and `seeds_needed` asks for up to 23 seeds for a half-width of
+#: 1.5 pp: beyond any budget here. One seed of this design (pilot, machine under load)
+#: gave a drop of 21.1 pp (per-step BN) and 15.9 pp (LN) and cost about 40 CPU-s a run at
+#: 8 epochs, which sizes the budget: 4 seeds per arm, the sequential plan adding 2 at a
+#: time up to 6 (the cap is C5's share of the 45-minute budget, not the power target).
+SEED_PLAN = stats.SeedPlan(
+    pilot=5, initial=4, block=2, cap=6,
+    why="pilot (the previous full run, 5 seeds) sd of the drop past T 2.9 pp (per-step BN), 1.8 pp (LN): "
+        "up to 23 seeds for a half-width of 1.5 pp; 4 seeds by the budget (about 40 CPU-s a run), the "
+        "sequential plan adds 2 at a time up to 6",
+)  # fmt: skip
+
+# ---------------------------------------------------------------------------------------
 # The grid.
 
 TRAIN_LEN = 20  # T: the longest training sequence (tokens); BN keeps statistics for T steps
 TEST_LEN = 4 * TRAIN_LEN  # the longest test sequence
+#: Deviation of the Gaussian noise on every component of a real step's one-hot token (12
+#: components). 0.6 left every arm near chance in a pilot, 0.3 left LN at 82 % within T.
+TOKEN_NOISE = 0.3
+#: Passes over 16000 training sequences (125 steps each). In the pilot (8 passes) per-step
+#: BN had levelled off (plateau 0.044) and LN nearly (0.065, the threshold is 0.05); with
+#: 4000 sequences LN kept fitting its training set past 12 passes.
+EPOCHS = 10
 PROFILES = {
-    # seeds; passes over the training set; num_samples (80% train, 20% test)
-    "smoke": dict(seeds=(0,), epochs=1, num_samples=300),
-    "quick": dict(seeds=(0, 1), epochs=3, num_samples=1000),
-    "full": dict(seeds=tuple(range(5)), epochs=8, num_samples=5000),
+    # seeds; passes over the training set; num_samples (80% train); test sequences
+    "smoke": dict(seeds=(0,), epochs=1, num_samples=300, test_samples=100),
+    "quick": dict(seeds=(0, 1), epochs=3, num_samples=3000, test_samples=1000),
+    "full": dict(seeds=tuple(range(SEED_PLAN.initial)), epochs=EPOCHS, num_samples=20000, test_samples=4000),
 }
 BASE = RunConfig(
     claim=CLAIM_ID,
@@ -44,9 +84,16 @@ BASE = RunConfig(
     widths=(32,),  # LSTM units
     optimizer="adam",
     learning_rate=0.003,
-    batch_size=32,  # sequences per batch
+    # 128 sequences per batch: the RNN's cost is mostly per step, so four times the batch
+    # costs little more per step and sees four times the data (measured in the pilot).
+    batch_size=128,
 )
-DATA_OPTIONS = {"data.max_train_len": TRAIN_LEN, "data.max_test_len": TEST_LEN}
+DATA_OPTIONS = {
+    "data.max_train_len": TRAIN_LEN,
+    "data.max_test_len": TEST_LEN,
+    "data.rule": "keyed",
+    "data.token_noise": TOKEN_NOISE,
+}
 #: Arms: label -> (norm, model options).
 ARMS = {
     "LSTM, no norm": ("none", {}),
@@ -54,7 +101,8 @@ ARMS = {
     "BN, per-step statistics (T reused beyond)": ("batch", {}),
     "LN": ("layer", {}),
 }
-#: The arms the rule compares; the quick profile runs only these.
+#: The arms the rule compares; the quick and full profiles run only these (the LSTM without
+#: norm, a reference outside the rule, costs a quarter of the budget that buys seeds).
 RULE_ARMS = ("BN, statistics shared over time", "BN, per-step statistics (T reused beyond)", "LN")
 SMOKE_ARMS = ("BN, per-step statistics (T reused beyond)", "LN")
 #: Test-length buckets: column suffix -> (shortest, longest) length, in tokens.
@@ -70,15 +118,17 @@ LENGTH_BIN = 10
 
 
 def grid(profile) -> list[RunConfig]:
-    """The runs of `profile`: each arm of `ARMS` x seeds (quick: `RULE_ARMS`, smoke:
-    `SMOKE_ARMS`; each RNN run spends about 10 s tracing its functions)."""
+    """The runs of `profile`: the arms of `RULE_ARMS` (smoke: `SMOKE_ARMS`; `ARMS` also
+    names the LSTM without norm, for runs of one's own) x seeds, every arm on the same
+    seeds (the same data order), so that the checks compare arms seed by seed."""
     p = PROFILES[check_profile(profile)]
     base = dataclasses.replace(BASE, epochs=p["epochs"], num_samples=p["num_samples"])
-    arms = {"smoke": SMOKE_ARMS, "quick": RULE_ARMS, "full": tuple(ARMS)}[profile]
+    data_options = {**DATA_OPTIONS, "data.test_samples": p["test_samples"]}
+    arms = {"smoke": SMOKE_ARMS, "quick": RULE_ARMS, "full": RULE_ARMS}[profile]
     runs = []
     for label in arms:
         norm, options = ARMS[label]
-        runs.append(sweep.grid(base, norm=[norm], options=[{**DATA_OPTIONS, **options}], seed=list(p["seeds"])))
+        runs.append(sweep.grid(base, norm=[norm], options=[{**data_options, **options}], seed=list(p["seeds"])))
     return sweep.concat(*runs)
 
 
@@ -127,14 +177,20 @@ def length_buckets_task(config: RunConfig) -> dict:
 # The analysis.
 
 SHARED, PER_STEP, LN = RULE_ARMS
+WORKAROUND_CHECK = "(1) per-step BN minus shared-statistics BN, test accuracy on lengths <= T (pp, paired by seed)"
+DEGRADATION_CHECK = (
+    "(2) per-step BN's accuracy drop from lengths <= T to > T minus LN's (pp, paired by seed)"
+)
 RULE = (
-    "Decided before the runs, from CLAIMS.md. (1) BN needs the per-step workaround: on test "
-    "sequences within the training lengths (<= T) per-step BN's accuracy interval lies "
-    "wholly above shared-statistics BN's, or shared-statistics BN is unstable (a run "
-    "diverged or failed while none of per-step BN's did). (2) Per-step BN still degrades "
-    "more than LN past the training length: the drop of accuracy from <= T to > T, per "
-    "run, is larger for per-step BN with the intervals separated. Both -> supported, one "
-    "-> partly supported, none -> not supported."
+    "Decided before the runs, from CLAIMS.md; two decisive checks, each a per-seed paired "
+    "difference with its 95% interval. (1) BN needs the per-step workaround: on test "
+    "sequences within the training lengths (<= T), per-step BN's accuracy minus "
+    f"shared-statistics BN's is at least {WORKAROUND_PP:g} pp. (2) Per-step BN still "
+    "degrades more than LN past the training length: its drop of accuracy from <= T to > T "
+    f"exceeds LN's by at least {DEGRADATION_PP:g} pp. A check is undecided while one of "
+    "its two arms has not converged (every run's training loss on a plateau), or when both "
+    f"arms sit within {stats.CEILING_MARGIN_PP:g} pp of 100 % or of chance ({CHANCE_PCT:g} %) "
+    "(check 1 on lengths <= T, check 2 beyond T). Verdict on the four-way scale."
 )
 ANCHOR = (
     "Ba et al. 2016 (LN) §1, §3.1: in an RNN the summed inputs change with the time step, "
@@ -172,36 +228,57 @@ def _arm_order(arms):
     return known + sorted(set(arms) - set(known))
 
 
+def _paired_check(ok, name, a, b, value, threshold, why, ceiling_value, ceiling_label):
+    """Check `name`: arm `a` minus arm `b` in `value`, paired by seed, at least `threshold`
+    pp; blocked while either arm has unconverged runs, or when both arms' `ceiling_value`
+    accuracies sit at the ceiling or the floor."""
+    arm_a, arm_b = ok[ok["arm"] == a], ok[ok["arm"] == b]
+    effect = stats.estimate(stats.paired_differences(arm_a, arm_b, value) if len(arm_a) and len(arm_b) else [])
+    pair = ok[ok["arm"].isin([a, b])]
+    blockers = stats.unconverged_arms(pair, "arm")
+    blockers.append(
+        stats.ceiling_blocker(
+            stats.estimate(arm_a[ceiling_value]), stats.estimate(arm_b[ceiling_value]), CHANCE_PCT, ceiling_label
+        )
+    )
+    return stats.Check(
+        name=name, effect=effect, threshold=threshold, kind="at_least", why=why, unit=" pp", blockers=tuple(blockers)
+    )
+
+
 def analyze(rows: pandas.DataFrame) -> dict:
-    """The verdict of `RULE` from the claim's rows (only ``status == "ok"``)."""
+    """The checks of `RULE` from the claim's rows (only ``status == "ok"``) and the verdict
+    they give."""
     ok, note = usable_rows(rows)
-    failed = rows[rows["status"] != "ok"] if len(rows) else rows
     ok = _labelled(ok) if len(ok) else ok.assign(arm=[], drop_pp=[], **{f"pct_{b}": [] for b in BUCKETS})
-    failed_arms = _labelled(failed)["arm"].tolist() if len(failed) else []
 
     def est(arm, column):
         return stats.estimate(ok.loc[ok["arm"] == arm, column])
 
-    def unstable(arm):
-        diverged = ok.loc[ok["arm"] == arm, "diverged"].fillna(False).astype(bool).sum() if len(ok) else 0
-        return bool(diverged) or arm in failed_arms
-
-    in_shared, in_step = est(SHARED, "pct_le_T"), est(PER_STEP, "pct_le_T")
-    drop_step, drop_ln = est(PER_STEP, "drop_pp"), est(LN, "drop_pp")
-    part_1 = stats.clearly_greater(in_step, in_shared) or (unstable(SHARED) and not unstable(PER_STEP))
-    part_2 = stats.clearly_greater(drop_step, drop_ln)
-    parts = {
-        "(1) BN needs the per-step workaround: per-step BN clearly above shared-statistics "
-        "BN on test lengths <= T, or shared-statistics BN unstable": part_1,
-        "(2) per-step BN's accuracy drops more than LN's from <= T to > T (intervals separated)": part_2,
-    }
-    verdict = stats.verdict_from(parts)
+    why = (
+        "no paper gives a size; 3 pp is the study's accuracy difference that matters (as "
+        "for C4), above a single small model's seed-to-seed noise"
+    )
+    workaround = _paired_check(
+        ok, WORKAROUND_CHECK, PER_STEP, SHARED, "pct_le_T", WORKAROUND_PP, why,
+        "pct_le_T", "test accuracy <= T, per-step vs shared-statistics BN",
+    )  # fmt: skip
+    degradation = _paired_check(
+        ok, DEGRADATION_CHECK, PER_STEP, LN, "drop_pp", DEGRADATION_PP, why,
+        "pct_gt_T", "test accuracy > T, per-step BN vs LN",
+    )  # fmt: skip
+    checks = [workaround, degradation]
 
     evidence = [
-        ("accuracy drop from <= T to > T, per-step BN", drop_step, " pp"),
-        ("accuracy drop from <= T to > T, LN", drop_ln, " pp"),
-        ("test accuracy <= T, per-step BN", in_step, "%"),
-        ("test accuracy <= T, shared-statistics BN", in_shared, "%"),
+        ("per-step BN's drop from <= T to > T minus LN's (paired by seed)", degradation.effect, " pp"),
+        ("per-step BN minus shared-statistics BN, accuracy <= T (paired by seed)", workaround.effect, " pp"),
+        ("accuracy drop from <= T to > T, per-step BN", est(PER_STEP, "drop_pp"), " pp"),
+        ("accuracy drop from <= T to > T, LN", est(LN, "drop_pp"), " pp"),
+        ("test accuracy <= T, per-step BN", est(PER_STEP, "pct_le_T"), "%"),
+        ("test accuracy <= T, shared-statistics BN", est(SHARED, "pct_le_T"), "%"),
+        ("test accuracy <= T, LN", est(LN, "pct_le_T"), "%"),
+        ("test accuracy > T, per-step BN", est(PER_STEP, "pct_gt_T"), "%"),
+        ("test accuracy > T, LN", est(LN, "pct_gt_T"), "%"),
         ("accuracy drop from <= T to > T, shared-statistics BN", est(SHARED, "drop_pp"), " pp"),
         ("accuracy drop from <= T to > T, LSTM without norm", est("LSTM, no norm", "drop_pp"), " pp"),
     ]
@@ -227,45 +304,62 @@ def analyze(rows: pandas.DataFrame) -> dict:
     )
     length_table = stats.summarize(by_length, ["arm", "length_upper"], "value")
     counts = {name: int(ok[f"c5/count_{name}"].iloc[0]) for name in BUCKETS if f"c5/count_{name}" in ok and len(ok)}
+    convergence = stats.convergence_table(ok, "arm")
 
     seeds = sorted(ok["seed"].unique()) if len(ok) else []
     epochs = int(ok["epochs"].max()) if len(ok) else 0
     steps = int(ok["steps"].max()) if len(ok) else 0
     setup = (
         f"An LSTM (32 units, one layer, its last state classified) with the norm inside the "
-        "recurrence, trained with Adam (learning rate 0.003, batch 32) for "
-        f"{epochs} epochs ({steps} steps) on the synthetic sequence task (which of 4 "
-        f"marker tokens occurs most often), padded and masked: training lengths 5 to T = "
-        f"{TRAIN_LEN}, test lengths 5 to 4T = {TEST_LEN} (test sequences per bucket: "
+        "recurrence, trained with Adam (learning rate 0.003, batch 128) for "
+        f"{epochs} epochs ({steps} steps) on the keyed sequence task: the first token names "
+        "one of two groups of 4 marker tokens, the label is the most frequent marker of that "
+        "group (ties redrawn), the other tokens are markers of either group or distractors, "
+        f"and every real step's one-hot token carries Gaussian noise of deviation {TOKEN_NOISE:g}; "
+        f"padded and masked, training lengths 5 to T = {TRAIN_LEN}, test lengths 5 to 4T = "
+        f"{TEST_LEN} (test sequences per bucket: "
         + ", ".join(f"{BUCKET_LABELS[k]} {v}" for k, v in counts.items())
         + f"). Arms: {', '.join(_arm_order(ok['arm'].unique()) if len(ok) else [])}; "
-        f"{len(seeds)} seed(s) each. BN is Cooijmans et al.'s cell (kerasnorm.BatchNormLSTMCell: "
-        "gammas start at 0.1, padded steps kept out of the batch statistics); per-step BN "
-        f"keeps moving statistics for steps 1..T and reuses step T's beyond; the shared arm "
-        "keeps one set for all steps (in training both normalize each step with its own "
-        "batch statistics, so they differ only in inference). " + note
+        f"{len(seeds)} seed(s) each, the same seeds (data order) in every arm. BN is "
+        "Cooijmans et al.'s cell (kerasnorm.BatchNormLSTMCell: gammas start at 0.1, padded "
+        "steps kept out of the batch statistics); per-step BN keeps moving statistics for "
+        "steps 1..T and reuses step T's beyond; the shared arm keeps one set for all steps "
+        "(in training both normalize each step with its own batch statistics, so they "
+        "differ only in inference). " + note
     )
     caveats = [
         "Per-step BN updates each step's moving statistics once per batch, shared BN its "
         "single set once per step of every sequence, so per-step estimates need more "
         "training steps to converge (momentum 0.99): in a short run (the quick profile) "
         "per-step BN can be near chance in inference while training well.",
-        "Part (1) compares the BN arms within the training lengths, where per-step "
-        "statistics exist for every step; if every arm is near 100% there it cannot "
-        "separate them, and how the two BN arms differ beyond T (in the table) is not "
-        "part of the rule.",
-        "The task needs a count carried over the whole sequence, so every arm loses accuracy "
-        "on longer test sequences; the claim is about BN's extra loss, hence the drop "
-        "compared with LN's.",
+        "Check (1) compares the BN arms within the training lengths, where per-step "
+        "statistics exist for every step; how the two BN arms differ beyond T (in the "
+        "table) is not part of the rule. A shared-statistics arm that diverged would count "
+        "for the claim in words but drops out of the paired difference (its accuracy is "
+        "NaN); the convergence table counts divergences per arm.",
+        "The task needs the key and the counts carried over the whole sequence, so every "
+        "arm loses accuracy on longer test sequences; the claim is about BN's extra loss, "
+        "hence the drop compared with LN's.",
+        "The task changed after the previous full run (issue 11): the plain majority task "
+        "left every arm at 98-100 % within T, where check (1) could not decide. The noise "
+        "level was chosen in a pilot of LN alone (0.6: near chance; 0.3: 82 % within T), "
+        "before any BN arm was compared; the training set then grew from 4000 to 16000 "
+        "sequences at batch 128 because LN kept fitting the smaller set (its loss never "
+        "levelled off). The rules and thresholds were set with the new verdict scale, after "
+        "the earlier runs had been seen.",
+        "The LSTM without norm, an arm of the earlier runs outside the rule, is left out of "
+        "the full profile to pay for seeds of the arms the checks compare.",
         "One small LSTM on one synthetic task; the published gains of recurrent BN are on "
         "larger models and real data.",
     ]
     return stats.make_analysis(
         claim=CLAIM_ID,
         title=TITLE,
-        verdict=verdict,
         rule=RULE,
-        parts=parts,
+        checks=checks,
+        headline=DEGRADATION_CHECK,
+        seed_plan=SEED_PLAN,
+        convergence=convergence,
         evidence=evidence,
         anchor=ANCHOR,
         setup=setup,

@@ -40,13 +40,46 @@ TITLE = "LN normalizes all units of a layer per sample; used in NLP"
 TASK = "c6_statistics"
 
 # ---------------------------------------------------------------------------------------
+# The checks (fixed before the full run).
+
+#: (a) LN's largest output difference must stay within float32 rounding (logits are of
+#: order 10), and BN's training-mode batch-mate difference must exceed 100 times that.
+LN_TOLERANCE, BN_DEPENDENCE = 1e-4, 1e-2
+#: (b1) "LN >= BN" as a non-inferiority margin: LN's test accuracy may trail BN's by less
+#: than 2 pp, about the 1.7 pp by which LN trails BN in Wu & He's (2018, Table 1) CNNs at
+#: batch 32, the gap the note itself accepts for vision ("LN is less effective in CNNs").
+NONINFERIORITY_PP = 2.0
+#: (b2) BN's statistics fluctuate more on the sequences than in the CNN: the ratio of the
+#: two fluctuations (first BN layer) at least 1.5. Shen et al. (2020, Fig. 2) show a
+#: several-fold gap between a Transformer on IWSLT14 and ResNet-20 on CIFAR-10; half again
+#: as large is a weak form of their effect, beyond what the seed-to-seed spread can fake.
+FLUCTUATION_RATIO = 1.5
+CHANCE_PCT = 25.0  # 4 balanced classes in the sequence task
+#: The pilot: the previous full run (8 seeds, the plain majority task) gave a sd of 1.2 pp
+#: (LN) and 0.7 pp (BN) of the token model's accuracy at the ceiling, and of the
+#: fluctuations 4 % (tokens) and 9 % (CNN) of their means; one seed of this design gave
+#: BN 91.7 %, LN 91.2 % (12 epochs, both still improving) and about 10-25 CPU-s per run
+#: under load. A paired sd of 1.0-1.4 pp needs 7-11 seeds for a half-width of 1 pp; the
+#: ratios need 3. Four seeds fit C6's share of the budget; the sequential plan adds two at
+#: a time up to 8 while a check is undecided.
+SEED_PLAN = stats.SeedPlan(
+    pilot=8, initial=4, block=2, cap=8,
+    why="pilot (the previous full run, 8 seeds) sd of the accuracy 0.7-1.2 pp, of the fluctuations 4-9 % of "
+        "their means: 7-11 seeds for a half-width of 1 pp in (b1), 3 for the ratios; 4 seeds by the budget, "
+        "the sequential plan adds 2 at a time up to 8",
+)  # fmt: skip
+
+# ---------------------------------------------------------------------------------------
 # The grid. Both models see the same number of optimizer steps at the same batch size.
 
+#: 24 x 100 steps: in the pilot the token model with BN was still improving at 1200 steps
+#: (its loss fell 9 % of its total decrease in the last fifth), the CNN had levelled off.
+EPOCHS = 24
 PROFILES = {
     # seeds; epochs x steps_per_epoch = optimizer steps; num_samples (80% train)
     "smoke": dict(seeds=(0,), epochs=1, steps_per_epoch=5, num_samples=500),
     "quick": dict(seeds=(0, 1), epochs=2, steps_per_epoch=40, num_samples=2000),
-    "full": dict(seeds=tuple(range(8)), epochs=6, steps_per_epoch=100, num_samples=5000),
+    "full": dict(seeds=tuple(range(SEED_PLAN.initial)), epochs=EPOCHS, steps_per_epoch=100, num_samples=20000),
 }
 BASE = RunConfig(
     claim=CLAIM_ID,
@@ -57,9 +90,14 @@ BASE = RunConfig(
     learning_rate=0.003,
     batch_size=32,  # sequences (about 400 real tokens) or signals per batch
 )
-#: Test sequences as long as the training ones (5..20 tokens): C6 compares the norms on the
-#: training distribution; longer test sequences are C5's question.
-SEQUENCE_OPTIONS = {"data.max_test_len": 20}
+#: The majority task (`studies.data.sequences`: which of 4 marker tokens occurs most
+#: often) with Gaussian noise of deviation 0.3 on every real token, and test sequences as
+#: long as the training ones (5..20 tokens): C6 compares the norms on the training
+#: distribution; longer test sequences are C5's question. Without the noise both arms sat
+#: at 98-100 % (issue 11); with it, one pilot seed gave 91-92 %. C5's keyed task was tried
+#: first: the token model, which sees the key only through the first tokens' convolution
+#: windows, learned it too slowly (65 %, loss still falling after 1200 steps).
+SEQUENCE_OPTIONS = {"data.max_test_len": 20, "data.token_noise": 0.3}
 #: Statistics are recorded (and steps compiled together) every this many optimizer steps.
 LOG_EVERY = 5
 #: Arms: (dataset, norm) -> label.
@@ -68,9 +106,6 @@ ARMS = {
     ("sequences", "layer"): "tokens, LN",
     ("mnist1d", "batch"): "MNIST-1D CNN, BN",
 }
-#: Part (a): LN's largest output difference must stay within float32 rounding (logits are
-#: of order 10), and BN's training-mode batch-mate difference must exceed 100 times that.
-LN_TOLERANCE, BN_DEPENDENCE = 1e-4, 1e-2
 #: The comparisons of part (a): row column -> what it compares.
 INDEPENDENCE = {
     "c6/diff_batchmates_train": "other batch-mates, training mode",
@@ -277,17 +312,29 @@ def statistics_task(config: RunConfig) -> dict:
 # ---------------------------------------------------------------------------------------
 # The analysis.
 
+INDEPENDENT_CHECK = "(a1) LN: largest logit difference of a sample across batch-mates, batch size and mode (per run)"
+DEPENDENT_CHECK = "(a2) BN (both models): logit difference of a sample with other batch-mates, training mode (per run)"
+ACCURACY_CHECK = "(b1) LN minus BN, test accuracy on the sequence task (pp, paired by seed)"
+#: (b2) checks: fluctuation measure -> check name.
+FLUCTUATION_CHECKS = {
+    "c6/fluctuation_mean": "(b2) BN's batch-mean fluctuation (first BN layer), sequence task over the CNN (ratio per seed)",
+    "c6/fluctuation_variance": "(b2) BN's batch-variance fluctuation (first BN layer), sequence task over the CNN "
+    "(ratio per seed)",
+}
 RULE = (
-    "Decided before the runs, from CLAIMS.md. (a) Per sample: in every LN run the largest "
-    "logit difference of a sample with other batch-mates (training and inference mode), "
-    f"alone vs in a batch, and between the modes is at most {LN_TOLERANCE:g}, while in every BN run the "
-    f"training-mode output changes with the batch-mates by more than {BN_DEPENDENCE:g}; if "
-    "(a) fails the claim's definition of LN is contradicted and the verdict is 'not "
-    "supported'. Otherwise, of (b1) LN is not clearly below BN on the sequence task (BN's "
-    "test-accuracy interval is not wholly above LN's) and (b2) BN's statistics fluctuate "
-    "more on the sequence task than in the MNIST-1D CNN (the first BN layer's batch-mean "
-    "and batch-variance deviations from the running statistics, both with intervals "
-    "separated): both -> supported, one -> partly supported, none -> not supported."
+    "Decided before the runs, from CLAIMS.md; every check is decisive, each an effect with "
+    "its 95% interval over seeds against a stated size. (a1) Per sample: LN's largest logit "
+    "difference of a sample with other batch-mates (training and inference mode), alone vs "
+    f"in a batch, and between the modes is at most {LN_TOLERANCE:g} (float32 rounding); "
+    f"(a2) BN's training-mode output changes with the batch-mates by at least {BN_DEPENDENCE:g}. "
+    f"(b1) LN >= BN on the sequence task: LN's test accuracy minus BN's, paired by seed, is "
+    f"at least -{NONINFERIORITY_PP:g} pp (a non-inferiority margin). (b2) BN's statistics "
+    "fluctuate more on the sequence task than in the MNIST-1D CNN: the first BN layer's "
+    "batch-mean and batch-variance deviations from its running statistics, each as the "
+    f"ratio sequence task / CNN per seed, at least {FLUCTUATION_RATIO:g}. (b1) and (b2) are "
+    "undecided while one of their arms has not converged (every run's training loss on a "
+    f"plateau); (b1) also when both arms sit within {stats.CEILING_MARGIN_PP:g} pp of 100 % "
+    f"or of chance ({CHANCE_PCT:g} %). Verdict on the four-way scale."
 )
 ANCHOR = (
     "LN eq. 3 (Ba et al. 2016): the statistics are over the H hidden units of a layer for "
@@ -334,11 +381,20 @@ def _exploded(rows, column, index_name):
     return pandas.DataFrame.from_records(records, columns=["arm", index_name, "value"])
 
 
+def _ratios(a, b, value):
+    """Per-seed ratios ``a[value] / b[value]`` of two arms' runs (seeds both have, finite)."""
+    merged = a[["seed", value]].merge(b[["seed", value]], on="seed", suffixes=("_a", "_b"), validate="one_to_one")
+    ratio = merged[f"{value}_a"].astype(float) / merged[f"{value}_b"].astype(float)
+    return ratio[np.isfinite(ratio)].to_numpy()
+
+
 def analyze(rows: pandas.DataFrame) -> dict:
-    """The verdict of `RULE` from the claim's rows (only ``status == "ok"``)."""
+    """The checks of `RULE` from the claim's rows (only ``status == "ok"``) and the verdict
+    they give."""
     ok, note = usable_rows(rows)
-    ok = _label_arms(ok) if len(ok) else ok.assign(arm=[], test_accuracy_pct=[])
+    ok = _label_arms(ok) if len(ok) else ok.assign(arm=[], norm=[], seed=[], test_accuracy_pct=[])
     bn_tokens, ln_tokens, bn_cnn = (_arm(ok, label) for label in ARMS.values())
+    tok_bn, tok_ln, cnn_bn = ARMS.values()
 
     def est(frame, column):
         return stats.estimate(frame[column]) if column in frame else stats.estimate([])
@@ -346,39 +402,62 @@ def analyze(rows: pandas.DataFrame) -> dict:
     ln_diffs = ln_tokens[list(INDEPENDENCE)].max(axis=1) if len(ln_tokens) else pandas.Series(dtype=float)
     bn_rows = ok[ok["norm"] == "batch"]
     bn_dependence = bn_rows["c6/diff_batchmates_train"] if len(bn_rows) else pandas.Series(dtype=float)
-    part_a = (
-        len(ln_diffs) > 0
-        and len(bn_dependence) > 0
-        and bool((ln_diffs <= LN_TOLERANCE).all())
-        and bool((bn_dependence > BN_DEPENDENCE).all())
-    )
     acc_bn, acc_ln = est(bn_tokens, "test_accuracy_pct"), est(ln_tokens, "test_accuracy_pct")
-    part_b1 = acc_ln.n >= 2 and acc_bn.n >= 2 and not stats.clearly_greater(acc_bn, acc_ln)
-    fluct = {name: (est(bn_tokens, name), est(bn_cnn, name)) for name in FLUCTUATION}
-    part_b2 = all(stats.clearly_greater(tokens, cnn) for tokens, cnn in fluct.values())
-    parts = {
-        "(a) LN's output of a sample is independent of its batch-mates, batch size and mode "
-        f"(every difference <= {LN_TOLERANCE:g}); BN's training-mode output is not "
-        f"(> {BN_DEPENDENCE:g})": part_a,
-        "(b1) LN's test accuracy on the sequence task is not clearly below BN's": part_b1,
-        "(b2) BN's batch statistics (first BN layer) fluctuate more on the sequence task than "
-        "in the MNIST-1D CNN, mean and variance, intervals separated": part_b2,
-    }
-    part_b = {k: v for k, v in parts.items() if k.startswith("(b")}
-    verdict = stats.verdict_from(part_b) if part_a else "not supported"
+    tokens = ok[ok["arm"].isin([tok_bn, tok_ln])]
+    bn_both = ok[ok["arm"].isin([tok_bn, cnn_bn])]
+    accuracy_gap = stats.estimate(
+        stats.paired_differences(ln_tokens, bn_tokens, "test_accuracy_pct") if len(ln_tokens) and len(bn_tokens) else []
+    )
+    checks = [
+        stats.Check(
+            name=ACCURACY_CHECK, effect=accuracy_gap, threshold=-NONINFERIORITY_PP, kind="at_least",
+            why="a non-inferiority margin about the 1.7 pp by which LN trails BN in CNNs at batch 32 "
+            "(Wu & He 2018, Table 1), a gap the note accepts for vision",
+            unit=" pp",
+            blockers=(*stats.unconverged_arms(tokens, "arm"),
+                      stats.ceiling_blocker(acc_ln, acc_bn, CHANCE_PCT, "sequence-task test accuracy, LN vs BN")),
+        ),
+    ]  # fmt: skip
+    fluct = {}
+    for name, check_name in FLUCTUATION_CHECKS.items():
+        fluct[name] = (est(bn_tokens, name), est(bn_cnn, name))
+        ratio = _ratios(bn_tokens, bn_cnn, name) if len(bn_tokens) and len(bn_cnn) and name in ok else []
+        checks.append(
+            stats.Check(
+                name=check_name, effect=stats.estimate(ratio), threshold=FLUCTUATION_RATIO, kind="at_least",
+                why="half again as large: a weak form of the several-fold gap between a Transformer on "
+                "IWSLT14 and ResNet-20 on CIFAR-10 in Shen et al. 2020, Fig. 2",
+                unit="x", blockers=tuple(stats.unconverged_arms(bn_both, "arm")),
+            )
+        )  # fmt: skip
+    checks += [
+        stats.Check(
+            name=INDEPENDENT_CHECK, effect=stats.estimate(ln_diffs), threshold=LN_TOLERANCE, kind="at_most",
+            why="float32 rounding of logits of order 10 (LN eq. 3: the statistics are the sample's own)",
+        ),
+        stats.Check(
+            name=DEPENDENT_CHECK, effect=stats.estimate(bn_dependence), threshold=BN_DEPENDENCE, kind="at_least",
+            why="100 times LN's tolerance: BN's training-mode statistics are the batch's",
+        ),
+    ]  # fmt: skip
 
     (mean_tokens, mean_cnn), (var_tokens, var_cnn) = fluct.values()
     evidence = [
+        ("LN minus BN, test accuracy on the sequence task (paired by seed)", accuracy_gap, " pp"),
+        ("test accuracy on the sequences, token model with LN", acc_ln, "%"),
+        ("test accuracy on the sequences, token model with BN", acc_bn, "%"),
+        ("first BN layer's batch-mean fluctuation, sequences over CNN (ratio per seed)", checks[1].effect, "x"),
+        ("first BN layer's batch-variance fluctuation, sequences over CNN (ratio per seed)", checks[2].effect, "x"),
         ("first BN layer, |batch mean - running mean| / running std, token model on sequences", mean_tokens, ""),
         ("the same, CNN on MNIST-1D", mean_cnn, ""),
         ("first BN layer, |batch var - running var| / running var, token model on sequences", var_tokens, ""),
         ("the same, CNN on MNIST-1D", var_cnn, ""),
-        ("test accuracy on the sequences, token model with LN", acc_ln, "%"),
-        ("test accuracy on the sequences, token model with BN", acc_bn, "%"),
+        ("test accuracy of the CNN with BN on MNIST-1D", est(bn_cnn, "test_accuracy_pct"), "%"),
         ("LN: largest logit difference over the per-sample comparisons", stats.estimate(ln_diffs), ""),
         ("BN (both models): logit difference with other batch-mates, training mode",
          stats.estimate(bn_dependence), ""),  # fmt: skip
     ]
+    convergence = stats.convergence_table(ok, "arm")
 
     measures = {"test_accuracy_pct": "test accuracy (%)"}
     measures.update({name: f"first BN layer: {label}" for name, label in FLUCTUATION.items()})
@@ -398,13 +477,17 @@ def analyze(rows: pandas.DataFrame) -> dict:
 
     seeds = sorted(ok["seed"].unique()) if len(ok) else []
     steps = int((ok["epochs"] * ok["steps_per_epoch"]).max()) if len(ok) else 0
+    samples = int(ok["num_samples"].max()) if len(ok) and "num_samples" in ok else 0
     setup = (
-        f"Three arms, {len(seeds)} seed(s) each, {steps} Adam steps (learning rate 0.003) at "
-        "batch size 32: a token model (one-hot tokens -> Dense(32) embedding -> norm -> ReLU "
+        f"Three arms, {len(seeds)} seed(s) each (the same seeds in every arm), {steps} Adam "
+        f"steps (learning rate 0.003) at batch size 32, {samples} samples per data set (80 % "
+        "train): "
+        "a token model (one-hot tokens -> Dense(32) embedding -> norm -> ReLU "
         "-> 2 x [Conv1D(32, 3) -> norm -> ReLU] -> mean over the real tokens -> logits; "
         "padding masked out of BN's statistics and zeroed after each layer) with BN or LN "
-        "on the synthetic sequence task (which of 4 marker tokens occurs most often; 5-20 "
-        "tokens, padded; test sequences as long as the training ones), and the engine's "
+        "on the synthetic sequence task (which of 4 marker tokens occurs most often; every "
+        "real token's one-hot vector carries Gaussian noise of deviation 0.3; 5-20 tokens, "
+        "padded; test sequences as long as the training ones), and the engine's "
         "1-D CNN with BN (3 x Conv1D(32, 3), max-pooling) on MNIST-1D. Every "
         f"{LOG_EVERY} steps each BN layer's batch statistics are compared with its running "
         "statistics (momentum 0.99; debiased for their initial values, see caveats); the "
@@ -425,17 +508,27 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "layers also lag behind the drift of the layers below, which the all-layer means "
         "in the table mix in.",
         "The token model is a small stand-in for NLP's per-token layers, not a Transformer; "
-        "the task (a majority count) is solvable by the mean over tokens, so accuracies say "
-        "little about harder language tasks.",
+        "the task (a majority count) is solvable by the mean over tokens, and the room "
+        "below 100 % comes from the token noise: a model that had learned the rule exactly "
+        "would still err where the noise hides a close count, so two arms near that limit "
+        "would agree for want of room, which (b1), a non-inferiority check, would count "
+        "for LN.",
+        "The task changed after the previous full run (issue 11): without the noise both "
+        "token arms sat at 98-100 %, where (b1) could not decide. The noise level was "
+        "taken from C5's pilot; the thresholds were set with the new verdict scale, after "
+        "the earlier runs had been seen. The verdict is now the four-way scale's: a "
+        "failing (a) check no longer overrides (b) as it did in the earlier rule.",
         "The fluctuation is measured at one batch size (32 sequences, about 400 real tokens; "
         "32 signals of 40 positions); PowerNorm's batches held 4K tokens.",
     ]
     return stats.make_analysis(
         claim=CLAIM_ID,
         title=TITLE,
-        verdict=verdict,
         rule=RULE,
-        parts=parts,
+        checks=checks,
+        headline=ACCURACY_CHECK,
+        seed_plan=SEED_PLAN,
+        convergence=convergence,
         evidence=evidence,
         anchor=ANCHOR,
         setup=setup,

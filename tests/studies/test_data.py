@@ -103,6 +103,41 @@ def test_sequence_label_is_the_strictly_most_frequent_marker():
     assert np.bincount(ds.y_train).min() > 0.25 * len(ds.y_train)  # roughly balanced
 
 
+def test_keyed_sequences_count_the_group_the_first_token_names():
+    ds = data.load("sequences", num_samples=600, rule="keyed", num_classes=3, max_train_len=12, max_test_len=30)
+    vocab = 2 + 2 * 3 + 2
+    assert ds.x_train.shape == (480, 12, vocab) and ds.x_test.shape == (120, 30, vocab)
+    assert ds.num_classes == 3 and ds.input_shape == (None, vocab)
+    for x, y, mask in ((ds.x_train, ds.y_train, ds.mask_train), (ds.x_test, ds.y_test, ds.mask_test)):
+        np.testing.assert_array_equal(x.sum(-1), mask)  # one-hot where real, zeros padded
+        key = x[:, 0, :2].argmax(1)
+        assert x[:, 0, :2].sum(1).min() == 1 and x[:, 1:, :2].sum() == 0  # the key only at step 0
+        assert set(np.unique(key)) == {0, 1}
+        counts = x.sum(1)[:, 2:8].reshape(-1, 2, 3)[np.arange(len(x)), key]  # the named group's markers
+        np.testing.assert_array_equal(counts.argmax(1), y)
+        top_two = np.sort(counts, 1)[:, -2:]
+        assert (top_two[:, 1] > top_two[:, 0]).all()
+        # the other group's count decides a different label often enough to matter
+        other = x.sum(1)[:, 2:8].reshape(-1, 2, 3)[np.arange(len(x)), 1 - key]
+        assert (other.argmax(1) != y).mean() > 0.3
+
+
+def test_sequence_token_noise_blurs_real_steps_only_and_test_size_is_free():
+    clean = data.sequences.__wrapped__(num_samples=400, seed=2, rule="keyed", test_samples=50)
+    noisy = data.sequences.__wrapped__(num_samples=400, seed=2, rule="keyed", test_samples=50, token_noise=0.3)
+    assert len(clean.x_train) == 320 and len(clean.x_test) == 50
+    np.testing.assert_array_equal(noisy.y_train, clean.y_train)  # same sequences, blurred
+    noise = noisy.x_train - clean.x_train
+    assert np.all(noise[~noisy.mask_train] == 0)  # padding stays zero
+    assert np.std(noise[noisy.mask_train]) == pytest.approx(0.3, rel=0.05)
+    with pytest.raises(ValueError, match="token_noise=-1"):
+        data.sequences.__wrapped__(token_noise=-1)
+    with pytest.raises(ValueError, match="'parity'"):
+        data.sequences.__wrapped__(rule="parity")
+    with pytest.raises(ValueError, match="min_len=1"):
+        data.sequences.__wrapped__(rule="keyed", min_len=1)
+
+
 def test_sequences_deterministic_per_seed():
     a = data.sequences.__wrapped__(num_samples=200, seed=3)
     b = data.sequences.__wrapped__(num_samples=200, seed=3)
