@@ -14,6 +14,10 @@ something else registers its own task and reuses the helpers here::
         row["c2/accuracy_population"] = ...   # the claim's own measurements
         return row
 
+A task registered with ``stackable=True`` (the default ``train`` task is) declares that its
+row is the default training's, so the sweep may train its configs as the members of one
+stacked model instead (`studies.stacked`); other tasks always run as written.
+
 `run(config)` looks the task up (importing the claim's module, which registers its tasks,
 when needed), times it, and turns an exception into a row with ``status="error"``: a sweep
 records a failure and goes on. A run whose loss becomes NaN or infinite is a result, not a

@@ -92,8 +92,10 @@ def test_rows_are_the_same_alone_in_a_sweep_and_in_a_reused_worker(tiny, tmp_pat
     first = stacked.run_group(stacked.block(config))
     trainer = stacked.trainer_for(config, training.load_dataset(config))
     traces = trainer.traces
-    # another architecture in between, then another learning rate of this one
+    # another architecture and an unstacked run (which clears Keras's session) in between,
+    # then another learning rate of this one
     stacked.run_group(stacked.block(tiny(norm="layer", steps_per_epoch=1)))
+    assert training.run(tiny(norm="rms", steps_per_epoch=1))["status"] == "ok"
     stacked.run_group(stacked.block(dataclasses.replace(config, learning_rate=0.2)))
     again = stacked.run_group(stacked.block(config))
     assert trainer.traces == traces  # reused, never retraced
