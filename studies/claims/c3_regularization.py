@@ -251,9 +251,11 @@ def _arm(runs, arm):
     return runs[runs["arm"] == arm]
 
 
-def _paired(runs, a, b, value="gap"):
-    """Per-seed ``a - b`` of `value` (the arms share seeds: initial weights, data order)."""
-    return stats.paired_differences(_arm(runs, a), _arm(runs, b), value)
+def _per_seed(runs, value):
+    """`value` with a row per seed and a column per arm of `ARMS` (NaN where an arm has no
+    such run): arithmetic on its columns pairs the arms by seed (they share initial
+    weights and data order), and a missing or diverged run drops out of its pairs only."""
+    return runs.pivot(index="seed", columns="arm", values=value).reindex(columns=list(ARMS))
 
 
 def _blockers(runs, arms, unconverged):
@@ -272,19 +274,20 @@ def _blockers(runs, arms, unconverged):
     return tuple(b for b in blockers if b)
 
 
-def _secondary_checks(runs, narrowing):
-    """The secondary checks as ``(name, arms compared, per-seed effect (a callable, run
-    only when every arm compared has runs), threshold, why)``."""
+def _secondary_checks(gap):
+    """The secondary checks as ``(name, arms compared, per-seed effect, threshold, why)``,
+    from the per-seed gaps `gap` (`_per_seed`)."""
+    narrowing = gap[NONE] - gap[BN]
     return [
         (f"like dropout: BN's narrowing minus {LIKE_DROPOUT_SHARE:g} x dropout p = 0.1's (same seed)",
-         (NONE, BN, DROPOUT), lambda: narrowing - LIKE_DROPOUT_SHARE * _paired(runs, NONE, DROPOUT), 0.0,
+         (NONE, BN, DROPOUT), narrowing - LIKE_DROPOUT_SHARE * (gap[NONE] - gap[DROPOUT]), 0.0,
          "BN §3.4: with BN, dropout can be reduced, so BN must stand in for part of a light dropout."),
         ("the batch noise carries it: gap of the noise-free BN minus BN's (same seed)",
-         (NOISE_FREE, BN), lambda: _paired(runs, NOISE_FREE, BN), SLIGHT_PP,
+         (NOISE_FREE, BN), gap[NOISE_FREE] - gap[BN], SLIGHT_PP,
          "the note's mechanism is the mini-batch noise; removing it must lose a 'slight' effect."),
         ("fixed batches cost BN's regularization: gap widening with fixed batches, BN minus no norm (same seed)",
          (BN, BN_FIXED, NONE, NONE_FIXED),
-         lambda: _paired(runs, BN_FIXED, BN) - _paired(runs, NONE_FIXED, NONE), SLIGHT_PP,
+         (gap[BN_FIXED] - gap[BN]) - (gap[NONE_FIXED] - gap[NONE]), SLIGHT_PP,
          "batch-mates that never change make BN's noise a fixed function of the example."),
     ]  # fmt: skip
 
@@ -329,24 +332,25 @@ def analyze(rows: pandas.DataFrame) -> dict:
             unit=" pp", decisive=decisive, blockers=_blockers(runs, compared, unconverged),
         )  # fmt: skip
 
-    narrowing = _paired(runs, NONE, BN)
+    gap, test = _per_seed(runs, "gap"), _per_seed(runs, "test_accuracy")
+    narrowing = gap[NONE] - gap[BN]
     checks = [
         check("BN narrows the train-test gap: gap of no norm minus BN's (same seed)", narrowing,
               SLIGHT_PP, SLIGHT_WHY, [NONE, BN], decisive=True),
     ]  # fmt: skip
-    for name, compared, effect, threshold, why in _secondary_checks(runs, narrowing):
+    for name, compared, effect, threshold, why in _secondary_checks(gap):
         if all(arm in arms for arm in compared):
-            checks.append(check(name, effect(), threshold, why, list(compared)))
+            checks.append(check(name, effect, threshold, why, list(compared)))
 
     evidence = [
         ("narrowing of the train-test gap by BN against no norm (same seed)", stats.estimate(narrowing), " pp"),
-        ("test accuracy of BN minus no norm (same seed)", stats.estimate(_paired(runs, BN, NONE, "test_accuracy")), " pp"),
+        ("test accuracy of BN minus no norm (same seed)", stats.estimate(test[BN] - test[NONE]), " pp"),
     ]  # fmt: skip
     for fixed, shuffled in FIXED.items():
         if fixed in arms and shuffled in arms:
             evidence.append((
                 f"test accuracy with fixed batches minus reshuffled, {shuffled} (same seed)",
-                stats.estimate(_paired(runs, fixed, shuffled, "test_accuracy")), " pp",
+                stats.estimate(test[fixed] - test[shuffled]), " pp",
             ))  # fmt: skip
     evidence += [(f"train-test gap, {arm}", stats.estimate(_arm(runs, arm)["gap"]), " pp") for arm in arms]
     evidence += [(f"test accuracy, {arm}", stats.estimate(_arm(runs, arm)["test_accuracy"]), " %") for arm in arms]

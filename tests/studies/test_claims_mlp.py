@@ -233,6 +233,17 @@ def test_c3_fixed_batches_check_is_the_difference_in_differences():
     assert check["effect"]["mean"] == pytest.approx(0.0) and check["outcome"] == "fails"
 
 
+def test_c3_pairs_runs_by_seed_when_one_diverged():
+    rows = _c3_rows(REGULARIZES, spread={a: 0.0 for a in REGULARIZES})
+    diverged = (rows["opt/c3/arm"] == "batch 64") & (rows["seed"] == 0)
+    rows.loc[diverged, ["final/test/accuracy", "final/train_eval/accuracy"]] = np.nan
+    rows.loc[diverged, "diverged"] = True
+    analysis = c3.analyze(rows)
+    headline, like_dropout = analysis["checks"][:2]
+    assert headline["effect"]["n"] == len(SEEDS) - 1 and headline["effect"]["mean"] == pytest.approx(3.0)
+    assert like_dropout["effect"]["n"] == len(SEEDS) - 1 and like_dropout["effect"]["mean"] == pytest.approx(1.0)
+
+
 def test_c3_figure_csv_holds_each_arm_gap(tmp_path):
     analysis = c3.analyze(_c3_rows(REGULARIZES))
     csv = _read_csv_and_check_files(c3.figures(analysis, tmp_path), "fig-c3-gap")
