@@ -65,8 +65,7 @@ SEED_PLAN = stats.SeedPlan(
         "error 0.51 pp on MNIST-1D and 0.15 pp on digits. Half-width target (half the "
         "threshold: 7.2 % of BN's 3.6 and 2.4 % error, 0.26 and 0.17 pp): 62 seeds on "
         "MNIST-1D, out of reach (8 seeds give about 0.42 pp, so only an effect well clear of "
-        "the threshold decides), 14 on digits; 8 seeds are one stacked block, and one more "
-        "block of 8 follows while a check is undecided, up to 16."
+        "the threshold decides), 14 on digits; 8 seeds are one stacked block."
     ),
 )
 #: profile -> (norms, seeds)
