@@ -136,7 +136,8 @@ def run_block(configs) -> list[dict]:
         rows = []
         for config in configs:
             row = training.base_row(config)
-            row.update({"status": "error", "error": error, "stack/members": len(configs), "stack/block": block_index(config)})
+            row.update({"status": "error", "error": error})
+            row.update({"stack/members": len(configs), "stack/block": block_index(config)})
             rows.append(row)
     total_s = (time.perf_counter() - start) / len(configs)
     for row in rows:
@@ -146,7 +147,7 @@ def run_block(configs) -> list[dict]:
 
 def _train_block(configs):
     first = configs[0]
-    build_start = time.perf_counter()
+    build_start = time.perf_counter()  # the block's set-up, and the trainer's when new
     # As `training.prepare`: op determinism (rows are reproducible) and no retracing noise.
     tf.get_logger().setLevel("ERROR")
     tf.config.experimental.enable_op_determinism()
@@ -164,7 +165,12 @@ def _train_block(configs):
     build_s = time.perf_counter() - build_start
     eval_train = bool(first.option("eval_train", False))
     logs = trainer.fit(
-        dataset, weights, orders, first.learning_rate, dropout_seed=block_index(first) + 1, eval_train=eval_train
+        dataset,
+        weights,
+        orders,
+        first.learning_rate,
+        dropout_seed=block_index(first) + 1,
+        eval_train=eval_train,
     )
     rows = []
     k = len(configs)
@@ -177,7 +183,7 @@ def _train_block(configs):
                 columns,
                 int(logs["steps"][member]),
                 steps,
-                build_s / k + trainer.pop_setup_s() / k if member == 0 else build_s / k,
+                build_s / k,
                 logs["train_s"] / k,
                 logs["eval_s"] / k,
             )
@@ -195,7 +201,8 @@ def data_order(config: RunConfig, num_train: int, epoch_steps: int) -> np.ndarra
     with ``steps_per_epoch``, else a new pass per epoch with the last partial batch
     dropped)."""
     tf.random.set_seed(config.seed)
-    passes = tf.data.Dataset.range(num_train).shuffle(num_train, seed=config.seed, reshuffle_each_iteration=True)
+    passes = tf.data.Dataset.range(num_train)
+    passes = passes.shuffle(num_train, seed=config.seed, reshuffle_each_iteration=True)
     per_epoch = epoch_steps * config.batch_size
     if config.steps_per_epoch:
         total = config.epochs * per_epoch
@@ -236,7 +243,6 @@ class StackedTrainer:
     """
 
     def __init__(self, config: RunConfig, dataset, members: int = MEMBERS):
-        start = time.perf_counter()
         self.members = members
         self.sample_shape = tuple(dataset.input_shape)
         self.num_classes = dataset.num_classes
@@ -249,23 +255,17 @@ class StackedTrainer:
         self.optimizer = training.make_optimizer(config)
         self.optimizer.build(self.model.trainable_variables)
         self.traces = 0
-        sample = [tf.TensorSpec((None, *self.sample_shape), tf.float32)]
-        self._train = tf.function(
-            self._train_steps,
-            input_signature=[*sample, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None, members, config.batch_size), tf.int32)],
-        )
-        self._evaluate = tf.function(self._evaluate_batch, input_signature=[*sample, tf.TensorSpec((None,), tf.int32)])
+        # Any data size and number of steps: one trace serves every block.
+        x, y = tf.TensorSpec((None, *self.sample_shape), tf.float32), tf.TensorSpec((None,), tf.int32)
+        order = tf.TensorSpec((None, members, config.batch_size), tf.int32)
+        self._train = tf.function(self._train_steps, input_signature=[x, y, order])
+        self._evaluate = tf.function(self._evaluate_batch, input_signature=[x, y])
         # Tracing is paid here, once per architecture and process, on a throwaway step
         # (every variable is reset before each block).
         x = tf.zeros((config.batch_size, *self.sample_shape))
-        self._train(x, tf.zeros((config.batch_size,), tf.int32), tf.zeros((1, members, config.batch_size), tf.int32))
-        self._evaluate(x, tf.zeros((config.batch_size,), tf.int32))
-        self._setup_s = time.perf_counter() - start
-
-    def pop_setup_s(self) -> float:
-        """The time spent building and tracing, the first time asked; then 0."""
-        setup_s, self._setup_s = self._setup_s, 0.0
-        return setup_s
+        y = tf.zeros((config.batch_size,), tf.int32)
+        self._train(x, y, tf.zeros((1, members, config.batch_size), tf.int32))
+        self._evaluate(x, y)
 
     def _fold(self, x):
         """``(K, batch, *sample)`` -> ``(batch, *sample[:-1], K * channels)``."""
@@ -318,7 +318,9 @@ class StackedTrainer:
         for variable in self.optimizer.variables:
             variable.assign(np.zeros(variable.shape, variable.dtype))
         self.optimizer.learning_rate = learning_rate
-        dropouts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout) and layer.rate]
+        dropouts = [
+            layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout) and layer.rate
+        ]
         for i, layer in enumerate(dropouts):
             state = layer.seed_generator.state
             state.assign(np.array([dropout_seed * 1000 + i, 0], dtype=state.dtype))
@@ -343,7 +345,9 @@ class StackedTrainer:
         or up to its first non-finite loss), ``train_s`` and ``eval_s``."""
         self.reset(weights, learning_rate, dropout_seed)
         x_train, y_train = tf.constant(dataset.x_train), tf.constant(dataset.y_train.astype(np.int32))
-        y_test = dataset.y_test.astype(np.int32)
+        splits = {"test": (dataset.x_test, dataset.y_test.astype(np.int32))}
+        if eval_train:
+            splits["train_eval"] = (dataset.x_train, dataset.y_train.astype(np.int32))
         columns = collections.defaultdict(list)
         step_losses = []
         train_s = eval_s = 0.0
@@ -356,9 +360,7 @@ class StackedTrainer:
             columns["train/loss"].append(losses.mean(axis=0))
             columns["train/accuracy"].append(accuracies.mean(axis=0))
             start = time.perf_counter()
-            for split, (x, y) in {"test": (dataset.x_test, y_test), "train_eval": (dataset.x_train, dataset.y_train.astype(np.int32))}.items():
-                if split == "train_eval" and not eval_train:
-                    continue
+            for split, (x, y) in splits.items():
                 loss, accuracy = self.evaluate(x, y)
                 columns[f"{split}/loss"].append(loss)
                 columns[f"{split}/accuracy"].append(accuracy)

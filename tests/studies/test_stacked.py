@@ -30,7 +30,7 @@ def test_members_follow_their_standalone_runs(tiny, fields):
     configs = stacked.block(tiny(**fields))
     rows = stacked.run_group(configs)
     assert [r["seed"] for r in rows] == list(range(stacked.MEMBERS))
-    for seed in (0, stacked.MEMBERS - 1):
+    for seed in (stacked.MEMBERS - 1,):  # the last member: its channels are the furthest in
         alone = training.run(configs[seed])
         row = rows[seed]
         assert row["status"] == "ok" and row["stack/members"] == stacked.MEMBERS
