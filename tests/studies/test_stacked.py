@@ -30,16 +30,16 @@ def test_members_follow_their_standalone_runs(tiny, fields):
     configs = stacked.block(tiny(**fields))
     rows = stacked.run_group(configs)
     assert [r["seed"] for r in rows] == list(range(stacked.MEMBERS))
-    for seed in (stacked.MEMBERS - 1,):  # the last member: its channels are the furthest in
-        alone = training.run(configs[seed])
-        row = rows[seed]
-        assert row["status"] == "ok" and row["stack/members"] == stacked.MEMBERS
-        assert set(alone) <= set(row)  # every column a standalone row has
-        first = "train/loss" if fields.get("steps_per_epoch") == 1 else "test/loss"
-        np.testing.assert_allclose(row[first][0], alone[first][0], rtol=2e-6 if first == "train/loss" else 1e-5)
-        for column in METRICS:
-            np.testing.assert_allclose(row[column], alone[column], rtol=1e-3, atol=1e-3)
-        assert row["steps"] == alone["steps"] and row["epoch_steps"] == alone["epoch_steps"]
+    seed = stacked.MEMBERS - 1  # the last member: its channels are the furthest in
+    alone = training.run(configs[seed])
+    row = rows[seed]
+    assert row["status"] == "ok" and row["stack/members"] == stacked.MEMBERS
+    assert set(alone) <= set(row)  # every column a standalone row has
+    first = "train/loss" if fields.get("steps_per_epoch") == 1 else "test/loss"
+    np.testing.assert_allclose(row[first][0], alone[first][0], rtol=2e-6 if first == "train/loss" else 1e-5)
+    for column in METRICS:
+        np.testing.assert_allclose(row[column], alone[column], rtol=1e-3, atol=1e-3)
+    assert row["steps"] == alone["steps"] and row["epoch_steps"] == alone["epoch_steps"]
 
 
 def _trainer_inputs(config, seeds, orders_from=None):
@@ -127,8 +127,11 @@ def test_a_failed_block_is_recorded_and_the_worker_goes_on(tiny, monkeypatch):
 def test_what_runs_stacked_and_how_units_are_planned(tiny, monkeypatch):
     monkeypatch.setattr(stacked, "MEMBERS", 4)
     monkeypatch.setitem(training.TASKS, "own_task", lambda config: training.base_row(config))
+    monkeypatch.setattr(training, "STACKABLE_TASKS", set(training.STACKABLE_TASKS))
+    monkeypatch.setitem(training.TASKS, "own_stacked_task", training.train)  # removed after the test
+    training.register_task("own_stacked_task", stackable=True)(training.train)  # a task opting in
     plain = tiny()
-    assert stacked.stackable(plain)
+    assert stacked.stackable(plain) and stacked.stackable(tiny(task="own_stacked_task"))
     unstackable = [
         tiny(task="own_task"),  # a custom task that did not opt in
         tiny(norm="rms"),
