@@ -29,8 +29,8 @@ error (about 50 %) is 1 pp.
 
 The runs use the task ``c3_overfit``, which trains on the first `TRAIN_SIZE` examples of the
 training split and, for the noise-free arm, swaps in the layer and keeps its statistics
-exact (`Recalibrate`). Each run is trained alone (the task is not stackable: the noise-free
-arm recalibrates between compiled calls, and every run evaluates its training set).
+exact (`Recalibrate`). Each run is trained alone (the task is not stackable: it trains on a
+prefix of the training split, and the noise-free arm recalibrates between compiled calls).
 """
 
 from __future__ import annotations
