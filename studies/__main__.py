@@ -194,6 +194,8 @@ def _write_manifest(store, args, summary, wall_s):
     """Records how the results were made. A study may be run in pieces (claim by claim,
     or resumed after a crash): each invocation that ran something is appended to
     ``sweeps``, and the totals cover them all; a different profile starts a new record."""
+    from studies import claims
+
     previous = store.read_manifest() or {}
     sweeps = previous.get("sweeps", []) if previous.get("profile") == args.profile else []
     sweeps.append(
@@ -211,7 +213,7 @@ def _write_manifest(store, args, summary, wall_s):
     store.write_manifest(
         {
             "profile": args.profile,
-            "claims": sorted({c for s in sweeps for c in s["claims"]}, key=lambda c: int(c[1:])),
+            "claims": sorted({c for s in sweeps for c in s["claims"]}, key=claims.CLAIM_IDS.index),
             "executor": sorted({s["executor"] for s in sweeps}),
             "jobs": max(s["jobs"] for s in sweeps),
             "wall_s": sum(s["wall_s"] for s in sweeps),

@@ -28,6 +28,7 @@ NORMS = (
     "ghost",  # kerasnorm.BatchNormalization(virtual_batch_size=k): Hoffer et al. 2017
     "keras_batch",  # keras.layers.BatchNormalization, for side-by-side comparisons
     "keras_layer",  # keras.layers.LayerNormalization
+    "frn",  # kerasnorm.FilterResponseNormalization with its TLU: Singh & Krishnan 2020 (conv maps)
 )
 #: Norms of recurrent models and the cell each uses (kerasnorm's, or Keras's plain cells).
 RNN_NORMS = ("none", "layer", "batch")
@@ -36,6 +37,8 @@ CELLS = ("gru", "lstm")
 DEFAULT_WIDTHS = {"mlp": (100, 100, 100), "cnn1d": (32, 32, 32), "cnn2d": (16, 32, 32), "rnn": (64,)}
 # RMSNorm rescales without re-centering (Zhang & Sennrich 2019): the bias before it stays.
 _NORMS_WITHOUT_OFFSET = ("none", "rms")
+# FRN ends in its own activation, the TLU, which replaces the ReLU (Singh & Krishnan 2020).
+_NORMS_WITH_ACTIVATION = ("frn",)
 
 
 def _kerasnorm(name):
@@ -90,6 +93,7 @@ def norm_layer(
             renorm_clipping=dict(renorm_clipping or {"rmax": 3.0, "dmax": 5.0}),
             renorm_momentum=renorm_momentum,
             renorm_warmup=None if renorm_warmup is None else tuple(renorm_warmup),
+            virtual_batch_size=virtual_batch_size,
             **batch_args,
         )
     if norm == "keras_batch":
@@ -98,6 +102,8 @@ def norm_layer(
         return _kerasnorm("LayerNormalization")(axis=layer_axis, epsilon=epsilon, name=name)
     if norm == "keras_layer":
         return keras.layers.LayerNormalization(axis=layer_axis, epsilon=epsilon, name=name)
+    if norm == "frn":  # the paper's epsilon (1e-6), not the study's 1e-3
+        return _kerasnorm("FilterResponseNormalization")(name=name)
     if norm == "rms":
         return _kerasnorm("RMSNormalization")(axis=layer_axis, epsilon=epsilon, name=name)
     groups = groups or math.gcd(channels, 8)
@@ -229,7 +235,8 @@ def _feedforward(kind, inputs, norm, activation, widths, dropout, kernel_size, n
         )
         if layer is not None:
             h = layer(h)
-        h = keras.layers.Activation(activation, name=f"act_{i}")(h)
+        if norm not in _NORMS_WITH_ACTIVATION:
+            h = keras.layers.Activation(activation, name=f"act_{i}")(h)
         if dropout and i < len(widths) - 1:
             h = keras.layers.Dropout(dropout)(h)
         if pool is not None and i < len(widths) - 1 and min(h.shape[1:-1]) >= 4:

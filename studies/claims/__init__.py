@@ -1,4 +1,4 @@
-"""The claims C1..C9 of CLAIMS.md and the interface their modules provide.
+"""The claims C1..C9 (and C4b) of CLAIMS.md and the interface their modules provide.
 
 Each claim lives in its own module (``MODULES``), which defines:
 
@@ -23,12 +23,14 @@ from typing import Protocol
 
 import pandas
 
-CLAIM_IDS = tuple(f"C{i}" for i in range(1, 10))
+#: In study order: C4b (beyond the note: which small-batch remedy works) follows C4.
+CLAIM_IDS = ("C1", "C2", "C3", "C4", "C4b", "C5", "C6", "C7", "C8", "C9")
 MODULES = {
     "C1": "studies.claims.c1_speed",
     "C2": "studies.claims.c2_inference_statistics",
     "C3": "studies.claims.c3_regularization",
     "C4": "studies.claims.c4_batch_size",
+    "C4b": "studies.claims.c4b_small_batch",
     "C5": "studies.claims.c5_recurrent",
     "C6": "studies.claims.c6_layer_norm_sequences",
     "C7": "studies.claims.c7_cnn",
@@ -56,13 +58,14 @@ def parse_claims(text: str) -> list[str]:
     Raises `ValueError` naming an unknown id."""
     if text.strip().lower() == "all":
         return list(CLAIM_IDS)
-    ids = [part.strip().upper() for part in text.split(",") if part.strip()]
-    if not ids:
+    by_upper = {claim_id.upper(): claim_id for claim_id in CLAIM_IDS}
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
         raise ValueError(f"no claim given; known: {CLAIM_IDS[0]}..{CLAIM_IDS[-1]} or 'all'")
-    for claim_id in ids:
-        if claim_id not in MODULES:
-            raise ValueError(f"unknown claim '{claim_id}'; known: {CLAIM_IDS[0]}..{CLAIM_IDS[-1]}")
-    return sorted(set(ids), key=CLAIM_IDS.index)
+    for part in parts:
+        if part.upper() not in by_upper:
+            raise ValueError(f"unknown claim '{part}'; known: {CLAIM_IDS[0]}..{CLAIM_IDS[-1]}")
+    return sorted({by_upper[part.upper()] for part in parts}, key=CLAIM_IDS.index)
 
 
 def check_profile(profile: str) -> str:

@@ -109,8 +109,9 @@ def warmup_cosine(config, steps_per_epoch: int, warmup_epochs: float):
     )
 
 
-def scheduled_run(config, warmup_epochs: float, callbacks=None):
-    """Trains `config` like the default task but with `warmup_cosine`'s learning rate.
+def scheduled_run(config, warmup_epochs: float, make_callbacks=None):
+    """Trains `config` like the default task but with `warmup_cosine`'s learning rate;
+    ``make_callbacks(dataset) -> list`` gives extra Keras callbacks.
 
     Returns ``(row, dataset, model)``: the row with the engine's columns, and the trained
     model for the claim's own measurements."""
@@ -119,6 +120,7 @@ def scheduled_run(config, warmup_epochs: float, callbacks=None):
     dataset, model = training.prepare(config)
     model.optimizer.learning_rate = warmup_cosine(config, training.epoch_steps(config, dataset), warmup_epochs)
     prepare_s = time.perf_counter() - start
+    callbacks = make_callbacks(dataset) if make_callbacks else None
     row.update(training.fit_and_log(config, dataset, model, callbacks=callbacks))
     row["time/build_s"] += prepare_s
     return row, dataset, model
@@ -129,3 +131,21 @@ def normalization_batch(rows: pandas.DataFrame) -> pandas.Series:
     (``virtual_batch_size``) where it has one, else its batch size."""
     ghost = rows["virtual_batch_size"] if "virtual_batch_size" in rows else pandas.Series(np.nan, rows.index)
     return ghost.where(ghost.notna(), rows["batch_size"]).astype(int)
+
+
+def small_batch_config(claim, task, model, norm, batch_size, *, num_samples, epochs, learning_rate, momentum,
+                       widths, renorm_warmup, virtual_batch_size=None, options=None):
+    """A run of the small-batch claims (C4, C4b) on MNIST-1D: SGD with momentum 0.9 (the
+    rate's schedule is the task's), BN and batch renorm moving averages with `momentum`,
+    and for ``norm="batch_renorm"`` Ioffe's warm-up of the limits between the fractions
+    `renorm_warmup` of the run's optimizer steps."""
+    options = dict(options or {})
+    if norm == "batch_renorm":
+        total = epochs * (int(0.8 * num_samples) // batch_size)  # MNIST-1D keeps 80 % for training
+        options["model.renorm_warmup"] = tuple(int(round(f * total)) for f in renorm_warmup)
+    return training.RunConfig(
+        claim=claim, task=task, dataset="mnist1d", num_samples=num_samples, model=model, widths=widths,
+        norm=norm, epochs=epochs, optimizer="sgd", momentum=0.9, batch_size=batch_size,
+        learning_rate=learning_rate, bn_momentum=momentum, renorm_momentum=momentum,
+        virtual_batch_size=virtual_batch_size, options=options,
+    )

@@ -30,7 +30,6 @@ batch sizes (Wu & He's contrast), and all of it on the CNN.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pandas
@@ -101,34 +100,12 @@ def learning_rate(batch_size):
     return BASE_LR * batch_size / REFERENCE_BATCH
 
 
-def renorm_warmup_steps(num_samples, batch_size, epochs):
-    """`RENORM_WARMUP` in optimizer steps of a run (MNIST-1D keeps 80 % for training)."""
-    total = epochs * (int(0.8 * num_samples) // batch_size)
-    return tuple(int(round(f * total)) for f in RENORM_WARMUP)
-
-
 def _config(model, norm, batch_size, profile, virtual_batch_size=None):
-    options = {}
-    if norm == "batch_renorm":
-        options["model.renorm_warmup"] = renorm_warmup_steps(profile.num_samples, batch_size, profile.epochs[model])
-    return RunConfig(
-        claim=CLAIM_ID,
-        task="c4_batch_size",
-        dataset="mnist1d",
-        num_samples=profile.num_samples,
-        model=model,
-        widths=WIDTHS[model],
-        norm=norm,
-        epochs=profile.epochs[model],
-        optimizer="sgd",
-        momentum=0.9,
-        batch_size=batch_size,
-        # Ghost arms keep the reference batch's rate: only the normalization batch changes.
-        learning_rate=learning_rate(batch_size),
-        bn_momentum=MOMENTUM,
-        renorm_momentum=MOMENTUM,
-        virtual_batch_size=virtual_batch_size,
-        options=options,
+    # Ghost arms keep the reference batch's rate: only the normalization batch changes.
+    return common.small_batch_config(
+        CLAIM_ID, "c4_batch_size", model, norm, batch_size, num_samples=profile.num_samples,
+        epochs=profile.epochs[model], learning_rate=learning_rate(batch_size), momentum=MOMENTUM,
+        widths=WIDTHS[model], renorm_warmup=RENORM_WARMUP, virtual_batch_size=virtual_batch_size,
     )
 
 
