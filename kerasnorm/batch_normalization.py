@@ -76,6 +76,8 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
         synchronized: With the TensorFlow backend under a `tf.distribute` strategy,
             compute the statistics over the global batch: replica sums and valid counts
             are all-reduced, so the result equals one large batch (masks included).
+            TensorFlow only: with another backend, `synchronized=True` raises
+            `ValueError`.
         virtual_batch_size: Optional int `k` (ghost batch normalization, Hoffer et al.
             2017): in training each consecutive group of `k` samples is normalized with
             its own statistics and the moving averages are updated once per group, in

@@ -191,7 +191,9 @@ def _batch_moments(layer, inputs, mask):
     x = ops.cast(inputs, "float64")
     stats = M.moments(x, tuple(layer._reduction_axes), M.mask_weights(mask, x))
     shape = tuple(layer.moving_mean.shape)
-    return tuple(np.reshape(np.asarray(t), shape) for t in (stats.count, stats.mean, stats.variance))
+    # convert_to_numpy, not np.asarray: a PyTorch tensor that carries an autograd graph
+    # refuses the latter.
+    return tuple(np.reshape(ops.convert_to_numpy(t), shape) for t in (stats.count, stats.mean, stats.variance))
 
 
 class _Stop(Exception):

@@ -75,6 +75,7 @@ def test_every_and_detaching_after_training():
     assert len(model.get_layer("ours").weights) == 4  # saved files unchanged
 
 
+@pytest.mark.tensorflow_only  # PyTorch's trainer takes steps_per_execution=1 only
 def test_steps_per_execution_records_the_last_step_of_each_execution():
     model = _model(steps_per_execution=2, theirs=False)
     recorder = kerasnorm.BatchStatisticsRecorder()

@@ -171,3 +171,43 @@ def test_configs_equal_keras_before_and_after_build(name, kwargs):
     ours.build((2, 4, 6))
     theirs.build((2, 4, 6))
     assert config(ours) == config(theirs)
+
+
+# -- TensorFlow-only options on the other backends -----------------------------------------
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the other backends' behaviour")
+def test_synchronized_raises_outside_tensorflow():
+    with pytest.raises(ValueError, match=f"TensorFlow backend.*backend='{keras.backend.backend()}'"):
+        kerasnorm.BatchNormalization(synchronized=True)
+
+
+# -- the recurrent cells on every backend --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make_cell",
+    [
+        lambda: kerasnorm.LayerNormLSTMCell(3),
+        lambda: kerasnorm.LayerNormGRUCell(3),
+        lambda: kerasnorm.BatchNormLSTMCell(3, max_steps=5),
+    ],
+    ids=["LayerNormLSTMCell", "LayerNormGRUCell", "BatchNormLSTMCell"],
+)
+def test_recurrent_cells_fit_save_and_reload_on_padded_sequences(make_cell, tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, 2))
+    h = keras.layers.Masking()(inputs)
+    outputs = keras.layers.Dense(1)(kerasnorm.MaskedRNN(make_cell())(h))
+    model = keras.Model(inputs, outputs)
+    x = _data((4, 5, 2))
+    x[:2, 3:] = 0.0  # two padded sequences
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    history = model.fit(x, np.ones((4, 1), "float32"), batch_size=4, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    model.save(tmp_path / "rnn.keras")
+    loaded = keras.saving.load_model(tmp_path / "rnn.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    # Padding changes nothing: a padded sequence gives its unpadded prefix's output.
+    short = loaded.predict(x[:1, :3], verbose=0)
+    np.testing.assert_allclose(loaded.predict(x[:1], verbose=0), short, rtol=1e-5, atol=1e-5)

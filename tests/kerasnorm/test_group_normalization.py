@@ -73,8 +73,10 @@ def test_matches_keras_and_reference(shape, groups, axis):
     ours.set_weights([gamma, beta])
     theirs.set_weights([gamma, beta])
 
-    out = ours(x)
-    np.testing.assert_allclose(out, theirs(x), rtol=1e-5, atol=1e-5)
+    out = keras.ops.convert_to_numpy(ours(x))
+    # 1e-4: Keras's own float32 rounding differs by up to 2e-5 under PyTorch; the float64
+    # reference below holds both to the same 1e-4.
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(theirs(x)), rtol=1e-4, atol=1e-4)
     n_groups = channels if groups == -1 else groups
     expected = group_norm_reference(x, n_groups, axis, gamma=gamma, beta=beta)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
@@ -91,17 +93,17 @@ def test_masked_positions_never_enter_the_statistics():
     mask = np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], bool)
     x[~mask] = 1e3  # padding far from the data: it would dominate the statistics
     layer = kerasnorm.GroupNormalization(groups=2)
-    out = np.asarray(layer(x, mask=mask))
+    out = keras.ops.convert_to_numpy(layer(x, mask=mask))
     expected = group_norm_reference(x, 2, mask=mask)
     np.testing.assert_allclose(out[mask], expected[mask], rtol=1e-4, atol=1e-4)
     # A padded sequence's valid steps equal those of the same sequence unpadded.
-    alone = np.asarray(layer(x[2:, :2]))
+    alone = keras.ops.convert_to_numpy(layer(x[2:, :2]))
     np.testing.assert_allclose(out[2, :2], alone[0], rtol=1e-5, atol=1e-5)
 
 
 def test_mask_from_embedding_reaches_the_statistics_and_passes_on():
     tokens = np.array([[3, 1, 4, 0, 0], [2, 7, 1, 8, 2]])
-    inputs = keras.Input((5,), dtype="int32")
+    inputs = keras.Input((None,), dtype="int32")  # any length: with and without the padding
     h = keras.layers.Embedding(10, 4, mask_zero=True)(inputs)
     h = kerasnorm.GroupNormalization(groups=2)(h)
     model = keras.Model(inputs, h)
@@ -117,7 +119,7 @@ def test_half_precision_statistics_in_float32():
     layer = kerasnorm.GroupNormalization(groups=2, dtype="mixed_float16")
     out = layer(x)
     assert keras.backend.standardize_dtype(out.dtype) == "float16"
-    np.testing.assert_allclose(np.asarray(out, "float32"), group_norm_reference(x, 2), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out).astype("float32"), group_norm_reference(x, 2), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize(

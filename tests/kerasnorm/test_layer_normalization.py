@@ -44,18 +44,21 @@ def test_matches_reference_and_keras(shape, axis):
     for i, a in enumerate(sorted(a % len(shape) for a in np.atleast_1d(axis))):
         keep[a] = gamma.shape[i]
     expected = ref.layer_norm(x, axis, gamma=gamma.reshape(keep), beta=beta.reshape(keep))
-    np.testing.assert_allclose(ours(x), expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), expected, rtol=1e-4, atol=1e-4)
+    trailing = sorted(a % len(shape) for a in np.atleast_1d(axis)) == list(range(len(shape) - np.size(axis), len(shape)))
+    if keras.backend.backend() == "torch" and not trailing:
+        return  # Keras's PyTorch path (F.layer_norm) fails on axes that do not end the shape
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_sample_output_is_independent_of_batch_mates_and_mode():
     layer = kerasnorm.LayerNormalization()
     x = _data((8, 5))
-    alone = np.asarray(layer(x[:1], training=True))
+    alone = keras.ops.convert_to_numpy(layer(x[:1], training=True))
     others = x.copy()
     others[1:] = _data((7, 5)) * 100
-    np.testing.assert_allclose(np.asarray(layer(others, training=True))[:1], alone, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(layer(x, training=False))[:1], alone, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(others, training=True))[:1], alone, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, training=False))[:1], alone, rtol=1e-6)
 
 
 def test_mask_passes_through():
@@ -75,12 +78,12 @@ def test_half_precision_statistics_in_float32():
     layer = kerasnorm.LayerNormalization(dtype="mixed_float16")
     out = layer(keras.ops.cast(x, "float16"))
     assert keras.backend.standardize_dtype(out.dtype) == "float16"
-    np.testing.assert_allclose(np.asarray(keras.ops.cast(out, "float32")), np.sign(x), rtol=1e-2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")), np.sign(x), rtol=1e-2)
 
 
 def test_large_mean_small_spread():
     x = (1e4 + RNG.normal(size=(4, 512))).astype("float32")
-    out = np.asarray(kerasnorm.LayerNormalization(epsilon=1e-6)(x))
+    out = keras.ops.convert_to_numpy(kerasnorm.LayerNormalization(epsilon=1e-6)(x))
     np.testing.assert_allclose(out, ref.layer_norm(x, epsilon=1e-6), atol=2e-3)
 
 

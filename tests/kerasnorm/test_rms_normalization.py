@@ -48,12 +48,12 @@ def test_matches_keras_and_reference(shape, axis, like_keras):
     ours.build(x.shape)
     scale = RNG.normal(size=ours.scale.shape)
     ours.set_weights([scale])
-    out = ours(x)
+    out = keras.ops.convert_to_numpy(ours(x))
     if like_keras:
         theirs = keras.layers.RMSNormalization(axis=axis, epsilon=1e-2)
         theirs.build(x.shape)
         theirs.set_weights([scale])
-        np.testing.assert_allclose(out, theirs(x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out, keras.ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-6)
     keep = [1] * len(shape)
     for i, a in enumerate(np.atleast_1d(axis)):
         keep[a] = scale.shape[i]
@@ -63,7 +63,7 @@ def test_matches_keras_and_reference(shape, axis, like_keras):
 def test_epsilon_sits_inside_the_square_root():
     # An all-zero row stays zero, and a constant row c maps to c / sqrt(c^2 + epsilon).
     x = np.array([[0.0, 0.0], [0.1, 0.1]], "float32")
-    out = np.asarray(kerasnorm.RMSNormalization(epsilon=0.03)(x))
+    out = keras.ops.convert_to_numpy(kerasnorm.RMSNormalization(epsilon=0.03)(x))
     np.testing.assert_allclose(out, [[0.0, 0.0], [0.5, 0.5]], rtol=1e-6)
 
 
@@ -81,7 +81,7 @@ def test_mask_passes_through_and_half_precision_is_finite():
     x = (RNG.normal(size=(3, 8)) * 300).astype("float16")
     out = kerasnorm.RMSNormalization(dtype="mixed_float16")(x)
     assert keras.backend.standardize_dtype(out.dtype) == "float16"
-    np.testing.assert_allclose(np.asarray(out, "float32"), rms_reference(x), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out).astype("float32"), rms_reference(x), rtol=2e-3, atol=2e-3)
 
 
 @pytest.mark.parametrize(
