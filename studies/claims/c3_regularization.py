@@ -115,7 +115,7 @@ PROFILES = {
     "smoke": dict(seeds=(0,), evaluations=2, eval_every=4, train_size=256, num_samples=500,
                   arms=(NONE, BN_FIXED, NOISE_FREE)),
     "quick": dict(seeds=(0, 1), evaluations=5, eval_every=EVAL_EVERY, train_size=TRAIN_SIZE,
-                  num_samples=None, arms=(NONE, BN, BN_FIXED, NOISE_FREE)),
+                  num_samples=None, arms=(NONE, BN, BN_FIXED)),
     "full": dict(seeds=tuple(range(SEED_PLAN.initial)), evaluations=EVALUATIONS, eval_every=EVAL_EVERY,
                  train_size=TRAIN_SIZE, num_samples=None, arms=tuple(ARMS)),
 }  # fmt: skip
