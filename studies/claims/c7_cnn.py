@@ -65,7 +65,7 @@ SEED_PLAN = stats.SeedPlan(
     block=8,
     cap=16,
     why=(
-        "pilot (the full design, 3 seeds; 2 for digits' LN): sd of the per-seed LN minus BN "
+        "pilot (3 seeds, 2 for digits' LN; 20 MNIST-1D and 60 digits epochs): sd of the per-seed LN minus BN "
         "error 0.51 pp on MNIST-1D and 0.15 pp on digits. Half-width target (half the "
         "threshold: 7.2 % of BN's 3.6 and 2.4 % error, 0.26 and 0.17 pp): 62 seeds on "
         "MNIST-1D, out of reach (8 seeds give about 0.42 pp, so only an effect well clear of "
