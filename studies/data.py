@@ -4,7 +4,8 @@
   (never ``get_dataset``, which downloads); 40-step signals, 10 classes.
 - ``digits``: scikit-learn's 8x8 handwritten digits (shipped in the wheel), 10 classes.
 - ``sequences``: a synthetic variable-length token task, padded and masked, whose test split
-  holds sequences longer than any seen in training.
+  holds sequences longer than any seen in training; its ``rule`` (the most frequent marker,
+  or that of the group a key token names) and its ``token_noise`` set how hard it is.
 - ``mnist``, ``fashion_mnist``, ``cifar10``: ``keras.datasets``, for users with internet (or
   a filled ``~/.keras/datasets`` cache); nothing in the tests or the default study uses them.
 
