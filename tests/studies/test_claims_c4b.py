@@ -31,7 +31,7 @@ def _rows(errors, spread=0.3, seeds=range(3)):
         record = records.setdefault(key, {
             "claim": "C4b", "status": "ok", "model": model, "batch_size": batch, "seed": seed,
             "norm": "ghost" if ghost and trained in ("bn", "frozen") else NORMS[trained],
-            "virtual_batch_size": ghost, "opt/freeze_at": 0.8 if trained == "frozen" else None,
+            "virtual_batch_size": ghost, "opt/freeze_at": c4b.FREEZE_AT if trained == "frozen" else None,
             "diverged": False, "train/loss": list(CONVERGED), "num_samples": 2000, "epochs": 10,
         })
         column = c4b.POST_HOC.get(arm, c4b.EVAL_MODE)
