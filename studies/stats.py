@@ -69,11 +69,6 @@ def summarize(rows: pandas.DataFrame, by, value: str) -> pandas.DataFrame:
     return pandas.DataFrame.from_records(records, columns=by + ["mean", "low", "high", "n"])
 
 
-def clearly_greater(a: Estimate, b: Estimate) -> bool:
-    """True when a's interval lies wholly above b's (both need n >= 2)."""
-    return a.n >= 2 and b.n >= 2 and a.low > b.high
-
-
 def format_estimate(e: Estimate, digits=2, unit="") -> str:
     """'12.34 [11.90, 12.78] (n=5)' — the mean, the interval, n."""
     if e.n == 0 or not math.isfinite(e.mean):
@@ -351,23 +346,12 @@ def more_seeds_needed(analysis: dict, plan: SeedPlan, n_now: int) -> int:
     want of precision, else 0. A check with blockers (not converged, at the ceiling) is left
     out: more seeds cannot remove them."""
     short = [
-        c for c in analysis.get("checks", [])
+        c for c in analysis["checks"]
         if c["decisive"] and c["outcome"] == "undecided" and not c["blockers"]
     ]
     if not short or n_now >= plan.cap:
         return 0
     return min(plan.block, plan.cap - n_now)
-
-
-def verdict_from(parts) -> str:
-    """The common rule: 'supported' when every part holds, 'partly supported' when some
-    do, 'not supported' when none does. `parts` maps a condition's description to bool."""
-    held = [bool(v) for v in dict(parts).values()]
-    if held and all(held):
-        return "supported"
-    if any(held):
-        return "partly supported"
-    return "not supported"
 
 
 def make_analysis(
@@ -378,12 +362,10 @@ def make_analysis(
     evidence: list,
     anchor: str,
     setup: str,
-    checks: list | None = None,
+    checks: list,
     seed_plan: SeedPlan | None = None,
     convergence: pandas.DataFrame | None = None,
     headline: str | None = None,
-    verdict: str | None = None,
-    parts: dict | None = None,
     caveats: list | None = None,
     tables: dict | None = None,
     figures: dict | None = None,
@@ -402,32 +384,24 @@ def make_analysis(
             the measurement (say so in a caveat).
         headline: the name of the check the summary figure shows (default: the first
             decisive one).
-        verdict, parts: the former rule's form, for claims not yet converted to checks:
-            `verdict` one of `VERDICTS`, `parts` {condition in words: bool}. Not with `checks`.
         caveats: what limits the conclusion at this scale.
         tables: {name: DataFrame} for the claim's page.
         figures: {figure id: caption}, the figures `figures()` writes.
     """
-    if checks is not None:
-        if verdict is not None or parts is not None:
-            raise ValueError("pass either checks or verdict and parts, not both")
-        checks = [c.to_dict() for c in checks]
-        verdict = verdict_from_checks(checks)
-        names = [c["name"] for c in checks]
-        if headline is None:
-            headline = next(c["name"] for c in checks if c["decisive"])
-        elif headline not in names:
-            raise ValueError(f"headline must name one of the checks {names}. Received: headline={headline!r}")
-    elif verdict not in VERDICTS:
-        raise ValueError(f"verdict must be one of {VERDICTS}. Received: verdict={verdict!r}")
+    checks = [c.to_dict() for c in checks]
+    verdict = verdict_from_checks(checks)
+    names = [c["name"] for c in checks]
+    if headline is None:
+        headline = next(c["name"] for c in checks if c["decisive"])
+    elif headline not in names:
+        raise ValueError(f"headline must name one of the checks {names}. Received: headline={headline!r}")
     return {
         "claim": claim,
         "title": title,
         "verdict": verdict,
         "rule": rule,
-        "checks": checks or [],
+        "checks": checks,
         "headline": headline,
-        "parts": {str(k): bool(v) for k, v in (parts or {}).items()},
         "seed_plan": seed_plan.to_dict() if seed_plan is not None else None,
         "convergence": convergence.to_dict(orient="records") if convergence is not None else None,
         "evidence": [
