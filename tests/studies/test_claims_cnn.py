@@ -181,6 +181,10 @@ def _c2_rows(ema_gap_099=0.2, single_cnn=11.0, inference_diff=0.0, seeds=range(5
     return pandas.DataFrame(records)
 
 
+def _outcomes(analysis):
+    return [c["outcome"] for c in analysis["checks"]]
+
+
 def test_c2_verdict_follows_the_rule():
     supported = c2.analyze(_c2_rows())
     assert supported["verdict"] == "supported"
@@ -222,10 +226,6 @@ def test_c2_batchmate_dependence_sees_batch_statistics_only_in_training_mode():
     x[100:] += 5.0  # other batch-mates, other batch statistics
     assert c2.batchmate_dependence(model, x, training=False) == 0.0
     moving = [v.numpy().copy() for v in model.non_trainable_variables]
-def _outcomes(analysis):
-    return [c["outcome"] for c in analysis["checks"]]
-
-
     assert c2.batchmate_dependence(model, x, training=True) > 1.0
     for before, v in zip(moving, model.non_trainable_variables):
         np.testing.assert_array_equal(before, v.numpy())

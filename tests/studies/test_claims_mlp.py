@@ -321,11 +321,24 @@ def _c9_rows(bn_shift, noisy_accuracy, logs=4, loss=(2.3, 1.0, 0.6, 0.59)):
 def test_c9_replicating_santurkar_is_not_supported():
     analysis = c9.analyze(_c9_rows(bn_shift=0.10, noisy_accuracy=0.65))
     assert analysis["verdict"] == "not supported"
+    shift, lost, _ = analysis["checks"]
+    assert shift["effect"]["mean"] == pytest.approx(-100.0)  # twice no norm's shift
+    assert lost["effect"]["mean"] == pytest.approx(0.0) and lost["outcome"] == "fails"
 
 
 def test_c9_supported_when_batch_norm_lowers_the_shift_and_noise_removes_the_benefit():
     analysis = c9.analyze(_c9_rows(bn_shift=0.01, noisy_accuracy=0.45))
     assert analysis["verdict"] == "supported"
+    assert [c["outcome"] for c in analysis["checks"]] == ["holds"] * 3
+    assert analysis["checks"][1]["effect"]["mean"] == pytest.approx(20.0)
+
+
+def test_c9_accuracy_check_waits_for_convergence():
+    analysis = c9.analyze(_c9_rows(bn_shift=0.01, noisy_accuracy=0.45, loss=(2.3, 2.0, 1.7, 1.4)))
+    assert analysis["verdict"] == "inconclusive"
+    lost = analysis["checks"][1]
+    assert lost["outcome"] == "undecided" and len(lost["blockers"]) == 2  # batch and noisy batch
+    assert analysis["checks"][0]["outcome"] == "holds"  # a mean over training: not blocked
 
 
 def test_c9_figures_write_the_plotted_numbers(tmp_path):
@@ -396,24 +409,11 @@ def test_c9_gradient_shift_is_zero_when_earlier_layers_do_not_move():
 
 # --- All three -------------------------------------------------------------------------
 
-    shift, lost, _ = analysis["checks"]
-    assert shift["effect"]["mean"] == pytest.approx(-100.0)  # twice no norm's shift
-    assert lost["effect"]["mean"] == pytest.approx(0.0) and lost["outcome"] == "fails"
 
 @pytest.mark.parametrize("module", [c1, c3, c9], ids=lambda m: m.CLAIM_ID)
 def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
     failed = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "boom", "seed": s} for s in SEEDS])
     analysis = module.analyze(failed)
-    assert [c["outcome"] for c in analysis["checks"]] == ["holds"] * 3
-    assert analysis["checks"][1]["effect"]["mean"] == pytest.approx(20.0)
-
-
-def test_c9_accuracy_check_waits_for_convergence():
-    analysis = c9.analyze(_c9_rows(bn_shift=0.01, noisy_accuracy=0.45, loss=(2.3, 2.0, 1.7, 1.4)))
-    assert analysis["verdict"] == "inconclusive"
-    lost = analysis["checks"][1]
-    assert lost["outcome"] == "undecided" and len(lost["blockers"]) == 2  # batch and noisy batch
-    assert analysis["checks"][0]["outcome"] == "holds"  # a mean over training: not blocked
     assert analysis["verdict"] == "inconclusive"
     assert [c["outcome"] for c in analysis["checks"]] == ["undecided"]
     assert "5 of 5 runs failed" in analysis["caveats"][0]
