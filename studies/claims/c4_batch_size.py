@@ -86,7 +86,7 @@ class Profile:
 #: cover 2 to 16): the full grid costs about 320 CPU-s per seed, 21 CPU-min at 4 seeds.
 PROFILES = {
     "smoke": Profile(("batch",), (2, 32), (2,), 1, 200, {"mlp": 2, "cnn1d": 2}),
-    "quick": Profile(("batch", "layer"), (2, 32), (2,), 2, 500, {"mlp": 3, "cnn1d": 3}),
+    "quick": Profile(("batch",), (2, 32), (2,), 2, 500, {"mlp": 3, "cnn1d": 3}),
     "full": Profile(NORMS, (2, 32, 128), (2, 4, 8, 16), 4, 2000, {"mlp": 30, "cnn1d": 15}),
 }
 ERROR_TABLE = "test error (%) by model, norm and batch size"
