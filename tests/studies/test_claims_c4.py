@@ -183,3 +183,10 @@ def test_smoke_runs_end_to_end(tmp_path):
     analysis = c4.analyze(rows)
     assert analysis["verdict"] in stats.VERDICTS
     assert {c["name"].split(",")[-1].strip() for c in analysis["checks"]} == {"MLP", "CNN"}
+
+
+def test_a_claim_whose_runs_all_failed_is_inconclusive_without_figures(tmp_path):
+    rows = pandas.DataFrame([{"claim": "C4", "status": "error", "error": "Traceback ..."}] * 3)
+    analysis = c4.analyze(rows)
+    assert analysis["verdict"] == "inconclusive" and "All 3 run(s) failed" in analysis["caveats"][0]
+    assert c4.figures(analysis, tmp_path) == []

@@ -168,3 +168,10 @@ def test_c4b_is_registered_after_c4_in_any_case():
     assert claims.parse_claims("c4b, C4") == ["C4", "C4b"]
     assert claims.parse_claims("all") == list(claims.CLAIM_IDS)
     assert claims.load("C4b") is c4b
+
+
+def test_a_claim_whose_runs_all_failed_is_inconclusive_without_figures(tmp_path):
+    rows = pandas.DataFrame([{"claim": "C4b", "status": "error", "error": "Traceback ..."}] * 2)
+    analysis = c4b.analyze(rows)
+    assert analysis["verdict"] == "inconclusive" and "All 2 run(s) failed" in analysis["caveats"][0]
+    assert c4b.figures(analysis, tmp_path) == []
