@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # One pytest process per backend (Keras fixes its backend at import). The JAX and PyTorch
-# runs go alongside the TensorFlow one, each logging to build/, which is printed after:
-# on 2 cores the three together take little longer than TensorFlow's alone. Any failing
-# run, or one where no test ran (pytest's exit code 5), fails the target.
+# runs go alongside the TensorFlow one, so that the machine's cores share the three, each
+# logging to build/test-<backend>.log, whose summary is printed after. Any failing run,
+# or one where no test ran (pytest's exit code 5), fails the target.
 test: install
 	@mkdir -p build
 	@for backend in $(OTHER_BACKENDS); do \
