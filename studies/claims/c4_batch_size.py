@@ -5,8 +5,9 @@ Design (after Wu & He 2018, Fig. 1), on MNIST-1D with two models:
 - an MLP, whose batch norm statistics come from the batch alone (the direct probe), and a
   1-D CNN, whose statistics pool the batch and the positions;
 - true small batches: each norm (none, BN, LN, GN, batch renorm with Ioffe's warm-up of its
-  limits) at batch sizes `BATCH_SIZES`, the learning rate scaled linearly with the batch;
-- ghost batches: BN normalizing groups of `GHOST_SIZES` samples (`virtual_batch_size`) at a
+  limits) at the profile's batch sizes (2, 32 and 128 in the full one), the learning rate
+  scaled linearly with the batch;
+- ghost batches: BN normalizing groups of 2 to 16 samples (`virtual_batch_size`) at a
   fixed gradient batch of `REFERENCE_BATCH` and a fixed learning rate, so that only the
   normalization batch changes, not SGD's noise: what the ghost arms lose is BN's own share
   of the small-batch degradation;
