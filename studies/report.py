@@ -36,6 +36,10 @@ BENCH_COLUMNS = {
         "executor", "workers", "runs", "wall_s", "runs_per_min", "wall_speedup_vs_1",
         "steady_runs_per_min", "speedup_vs_1", "met",
     ],
+    "engine": [
+        "model", "seeds", "steps_per_seed", "epochs", "repeats", "plain_wall_s", "engine_wall_s",
+        "ratio", "plain_overhead", "engine_overhead", "target", "met",
+    ],
 }
 BENCH = "bench.json"
 
@@ -386,6 +390,9 @@ def _bench_section(bench):
             f"{bench['throughput'][-1].get('target', 'n/a')}x one's (`speedup_vs_1`).\n"
         )
         out.append(_table(bench["throughput"], columns=BENCH_COLUMNS["throughput"]))
+    if bench.get("engine"):
+        out.append(bench["engine"].get("description", "") + "\n")
+        out.append(_table(bench["engine"]["table"], columns=BENCH_COLUMNS["engine"]))
     for fig_id, caption in bench.get("figures", {}).items():
         out.append(f"![{fig_id}](figures/{fig_id}.png)\n\n*{fig_id}.* {caption}\n")
     return "\n".join(out) + "\n"

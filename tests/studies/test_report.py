@@ -123,3 +123,13 @@ def test_summary_and_claim_page_carry_checks_convergence_and_power():
     assert "5 of 6 runs in 0 of 1 arms converged" in page and "batch (5 of 6)" in page
     assert "a pilot of 3 seeds; 6 per arm (pilot sd 1 pp)" in page and "up to 10" in page
     assert "*full table*" in page
+
+
+def test_bench_section_renders_the_engine_against_the_plain_loop():
+    row = {"model": "mlp", "seeds": 8, "steps_per_seed": 1250, "epochs": 25, "repeats": 3,
+           "plain_wall_s": 30.0, "engine_wall_s": 5.0, "ratio": 0.17, "plain_overhead": 0.7,
+           "engine_overhead": 0.2, "target": 0.2, "met": True}
+    text = report._bench_section({"table": [], "engine": {"description": "Engine vs loop.", "table": [row]}})
+    assert "Engine vs loop." in text
+    assert "| model | seeds | steps_per_seed |" in text
+    assert "| mlp | 8 | 1250 | 25 | 3 | 30.000 | 5.000 | 0.170 | 0.700 | 0.200 | 0.200 | True |" in text
