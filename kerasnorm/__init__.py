@@ -6,24 +6,20 @@ statistics, recurrent cells, BN folding, small-batch remedies: inference example
 frozen statistics, filter response normalization).
 """
 
-import os
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from kerasnorm.batch_normalization import BatchNormalization  # noqa: E402
-from kerasnorm.callbacks import BatchStatisticsRecorder, FreezeBatchStatistics  # noqa: E402
-from kerasnorm.filter_response_normalization import TLU, FilterResponseNormalization  # noqa: E402
-from kerasnorm.folding import fold_batch_norm  # noqa: E402
-from kerasnorm.group_normalization import GroupNormalization  # noqa: E402
-from kerasnorm.layer_normalization import LayerNormalization  # noqa: E402
-from kerasnorm.population import recalibrate, set_inference_weight  # noqa: E402
-from kerasnorm.recurrent import (  # noqa: E402
+from kerasnorm.batch_normalization import BatchNormalization
+from kerasnorm.callbacks import BatchStatisticsRecorder, FreezeBatchStatistics
+from kerasnorm.filter_response_normalization import TLU, FilterResponseNormalization
+from kerasnorm.folding import fold_batch_norm
+from kerasnorm.group_normalization import GroupNormalization
+from kerasnorm.layer_normalization import LayerNormalization
+from kerasnorm.population import recalibrate, set_inference_weight
+from kerasnorm.recurrent import (
     BatchNormLSTMCell,
     LayerNormGRUCell,
     LayerNormLSTMCell,
     MaskedRNN,
 )
-from kerasnorm.rms_normalization import RMSNormalization  # noqa: E402
+from kerasnorm.rms_normalization import RMSNormalization
 
 __version__ = "0.1.0"
 

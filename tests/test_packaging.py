@@ -7,6 +7,7 @@ import ast
 import email.parser
 import pathlib
 import re
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,15 @@ def test_core_requirements_are_the_layers_own_imports(requirements):
 def test_the_study_extra_brings_what_the_study_imports(requirements):
     assert _module_level_imports("studies") <= requirements[None] | requirements["study"]
     assert {"jax", "torch", "tensorflow", "pytest"} <= requirements["test"]
+
+
+def test_importing_kerasnorm_keeps_the_users_backend(tmp_path):
+    """A layer user's backend choice in keras.json wins: the library sets no backend."""
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", "import kerasnorm, keras; print(keras.backend.backend())"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "jax"
