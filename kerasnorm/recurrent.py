@@ -345,7 +345,9 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
     them are updated. Batches of aligned sequences (unpadded, or right-padded,
     `padding="post"`) give exactly the per-step statistics of the paper; in a left-padded
     batch the samples valid at one RNN iteration may be at different indices, and share
-    that iteration's statistics.
+    that iteration's statistics. Training needs the TensorFlow or PyTorch backend: under
+    JAX the per-step updates would sit inside `jax.lax.scan`, and the cell raises
+    `NotImplementedError` instead (inference works there).
 
     Args:{_CELL_ARGS_DOC}
         unit_forget_bias: If True, the forget-gate block of the bias starts at one.
@@ -447,6 +449,16 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
         return M.normalize(x, stats.mean, stats.variance, gamma, beta, self.epsilon)
 
     def call(self, inputs, states, training=False, mask=None):
+        if training and self.trainable and keras.backend.backend() == "jax":
+            # The moving statistics are assigned at every step, inside the RNN's
+            # jax.lax.scan, where JAX cannot carry a variable update out of the loop: fail
+            # here, clearly, rather than with a leaked-tracer error deep inside JAX.
+            raise NotImplementedError(
+                f"Cell '{self.name}' cannot train under the JAX backend: it updates its "
+                "per-step moving statistics inside the recurrence. Train it with the "
+                "TensorFlow or PyTorch backend (inference works under JAX), or use "
+                "kerasnorm.LayerNormLSTMCell. Received: training=True, backend='jax'"
+            )
         if training and self.trainable and not self._in_masked_rnn:
             raise ValueError(
                 f"Cell '{self.name}' trains only inside kerasnorm.MaskedRNN: keras.layers.RNN "

@@ -46,11 +46,6 @@ KNOWN_BACKEND_FAILURES = {
         "jax",
     ): "BatchStatisticsRecorder attached after a first fit records NaN under JAX: the "
     "traced train function does not carry the recorder's statistics",
-    (
-        "tests/kerasnorm/test_drop_in.py::test_recurrent_cells_fit_save_and_reload_on_padded_sequences[BatchNormLSTMCell]",
-        "jax",
-    ): "BatchNormLSTMCell cannot train under JAX: it assigns its per-step moving statistics "
-    "inside the RNN's jax.lax.scan, and the traced values leak (UnexpectedTracerError)",
 }
 
 

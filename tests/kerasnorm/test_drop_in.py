@@ -198,12 +198,21 @@ def test_recurrent_cells_fit_save_and_reload_on_padded_sequences(make_cell, tmp_
     keras.utils.set_random_seed(0)
     inputs = keras.Input((None, 2))
     h = keras.layers.Masking()(inputs)
-    outputs = keras.layers.Dense(1)(kerasnorm.MaskedRNN(make_cell())(h))
+    cell = make_cell()
+    outputs = keras.layers.Dense(1)(kerasnorm.MaskedRNN(cell)(h))
     model = keras.Model(inputs, outputs)
     x = _data((4, 5, 2))
     x[:2, 3:] = 0.0  # two padded sequences
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    history = model.fit(x, np.ones((4, 1), "float32"), batch_size=4, epochs=2, verbose=0)
+    y = np.ones((4, 1), "float32")
+    if keras.backend.backend() == "jax" and isinstance(cell, kerasnorm.BatchNormLSTMCell):
+        # Per-step moving statistics cannot be updated inside jax.lax.scan: inference
+        # works, training fails with a clear error, not a leaked tracer.
+        assert np.isfinite(model.predict(x, verbose=0)).all()
+        with pytest.raises(NotImplementedError, match="cannot train under the JAX backend"):
+            model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        return
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     model.save(tmp_path / "rnn.keras")
     loaded = keras.saving.load_model(tmp_path / "rnn.keras")
