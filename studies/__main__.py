@@ -91,6 +91,11 @@ def _parser():
     run.add_argument("--executor", type=_executor, default="local", help="local (default) | ray")
     run.add_argument("--jobs", type=_jobs, default=1, help="runs at a time (default 1)")
     run.add_argument("--retry-errors", action="store_true", help="rerun runs recorded as failed")
+    run.add_argument(
+        "--sequential", action="store_true",
+        help="full profile: add the seed blocks each claim's sequential plan calls for while a "
+        "decisive check is undecided, up to its cap (the report names the blocks still due)",
+    )  # fmt: skip
 
     listing = commands.add_parser("list", help="runs planned and done per claim")
     selection(listing)
@@ -149,7 +154,7 @@ def _run(args, parser):
 
     try:  # the grids, then more seeds where a claim's sequential seed plan asks for them
         if args.seeds is None:
-            summary, seeds = plan.run_planned(args.claims, args.profile, store, run_configs)
+            summary, seeds = plan.run_planned(args.claims, args.profile, store, run_configs, args.sequential)
         else:  # the user's seeds, recorded so that the report plans them too
             summary, seeds = run_configs(_planned_configs(args)), {}
             _record_seeds(store, args)

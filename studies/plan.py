@@ -84,9 +84,10 @@ def next_seeds(planned: dict, rows) -> dict:
 SEQUENTIAL_PROFILES = ("full",)
 
 
-def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs):
+def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs, sequential=True):
     """Runs `claim_ids` at `profile`, with their sequential seed plans where the profile
-    follows them (`SEQUENTIAL_PROFILES`). Returns ``(summary, seeds)``: one
+    follows them (`SEQUENTIAL_PROFILES`) and `sequential` is true; otherwise the grids with
+    the seeds the plan stored before (a study resumes where its plan stood). Returns ``(summary, seeds)``: one
     `studies.sweep.SweepSummary` over all rounds (``planned``: the runs of the final plan,
     ``skipped``: those already done before the first round) and {claim: seeds per arm} of the
     claims the plan extended.
@@ -96,6 +97,7 @@ def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs):
         store: the results store; the added seeds are written beside it (`SEEDS`).
         run_configs: ``run_configs(configs) -> SweepSummary``, the engine's sweep (runs what
             the store lacks).
+        sequential: whether to add the blocks the plans call for (``run --sequential``).
     """
     base = claims_registry.plan(claim_ids, profile)
     seeds = read_seeds(store.root, profile)
@@ -108,7 +110,8 @@ def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs):
         else:
             total = dataclasses.replace(total, planned=summary.planned, ok=total.ok + summary.ok,
                                         errors=total.errors + summary.errors)
-        grow = next_seeds(planned, sweep.load_rows(store.root)) if profile in SEQUENTIAL_PROFILES else {}
+        follows = sequential and profile in SEQUENTIAL_PROFILES
+        grow = next_seeds(planned, sweep.load_rows(store.root)) if follows else {}
         if not grow:
             return total, seeds
         seeds = {**seeds, **grow}

@@ -296,7 +296,22 @@ def _power_line(a):
         return f"**Power.** No seed plan declared. {widths}".rstrip() + ("." if widths else "")
     return (f"**Power.** Seed plan: a pilot of {plan['pilot']} seeds; {plan['initial']} per arm "
             f"({plan['why']}); while a decisive check is undecided for want of precision, "
-            f"{plan['block']} more per arm, up to {plan['cap']}. " + (widths + "." if widths else ""))
+            f"{plan['block']} more per arm, up to {plan['cap']}. " + (widths + ". " if widths else "")
+            + _plan_status(a, plan, decisive))
+
+
+def _plan_status(a, plan, decisive):
+    """Where the sequential plan stands on these results: done, or the block it calls for
+    next (`python -m studies run --sequential` trains it)."""
+    n_now = max((c["effect"]["n"] for c in decisive), default=0)
+    more = stats.more_seeds_needed(a, stats.SeedPlan(**plan), n_now)
+    if more:
+        return (f"Plan status: a decisive check is undecided for want of precision at n={n_now}, "
+                f"so the plan calls for {more} more seed(s) per arm, not yet run "
+                "(`python -m studies run --profile full --sequential`).")
+    if n_now >= plan["cap"]:
+        return f"Plan status: at its cap of {plan['cap']} seeds."
+    return "Plan status: complete (no decisive check is undecided for want of precision)."
 
 
 def _figures_text(a):

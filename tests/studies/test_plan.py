@@ -79,3 +79,13 @@ def test_run_planned_stops_at_the_cap_and_outside_the_full_profile(tmp_path, mon
     summary, seeds = plan.run_planned(["C1"], "quick", quick, _fake_sweep(quick))
     assert seeds == {} and summary.planned == 4
     assert not (tmp_path / "quick" / plan.SEEDS).exists()
+
+
+def test_run_planned_without_sequential_runs_the_grid_and_the_seeds_stored_before(tmp_path, monkeypatch):
+    _patch(monkeypatch, needs=100)
+    store = sweep.ResultsStore(tmp_path)
+    summary, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store), sequential=False)
+    assert seeds == {} and summary.planned == 4 and not (tmp_path / plan.SEEDS).exists()
+    plan.write_seeds(tmp_path, "full", {"C1": 3})  # a plan that stood at 3 seeds resumes there
+    summary, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store), sequential=False)
+    assert seeds == {"C1": 3} and summary.planned == 6

@@ -133,3 +133,14 @@ def test_bench_section_renders_the_engine_against_the_plain_loop():
     assert "Engine vs loop." in text
     assert "| model | seeds | steps_per_seed |" in text
     assert "| mlp | 8 | 1250 | 25 | 3 | 30.000 | 5.000 | 0.170 | 0.700 | 0.200 | 0.200 | True |" in text
+
+
+def test_power_line_names_the_block_the_sequential_plan_still_calls_for():
+    plan = stats.SeedPlan(pilot=3, initial=4, block=2, cap=8, why="pilot sd 1 pp")
+    check = stats.Check(name="effect", effect=stats.Estimate(2.0, -1.0, 5.0, 4), threshold=3.0,
+                        kind="at_least", why="anchor")
+    analysis = {"checks": [check.to_dict()], "seed_plan": plan.to_dict()}
+    assert "calls for 2 more seed(s) per arm, not yet run" in report._power_line(analysis)
+    decided = stats.Check(name="effect", effect=stats.Estimate(6.0, 5.0, 7.0, 4), threshold=3.0,
+                          kind="at_least", why="anchor")
+    assert "Plan status: complete" in report._power_line({"checks": [decided.to_dict()], "seed_plan": plan.to_dict()})
