@@ -15,7 +15,8 @@ from studies.claims import c8_cost
 
 
 def test_bench_writes_its_table_and_figure(tmp_path):
-    args = ["bench", "--tiny", "--repeats", "1", "--processes", "2", "--executor", "local", "--results", str(tmp_path)]
+    args = ["bench", "--tiny", "--repeats", "1", "--processes", "2", "--executor", "local",
+            "--engine-repeats", "1", "--results", str(tmp_path)]
     assert main(args) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["processes"] == 2
