@@ -261,6 +261,8 @@ def _feedforward(kind, inputs, norm, activation, widths, dropout, kernel_size, n
 #: weight layout group norm cannot express, train unstacked).
 STACKED_NORMS = ("none", "batch", "batch_renorm", "ghost", "keras_batch", "layer", "group")
 STACKED_KINDS = ("mlp", "cnn1d", "cnn2d")
+#: ``model.*`` options (`build_model` arguments) a stacked model takes as they are.
+STACKED_OPTIONS = ("renorm_warmup",)
 
 
 class StackedDense(keras.layers.Layer):
@@ -367,6 +369,40 @@ class StackedConv(keras.layers.Layer):
         return (*input_shape[:-1], self.members * self.filters)
 
 
+class PairMaxPooling(keras.layers.Layer):
+    """``MaxPooling1D(2)`` / ``MaxPooling2D(2)`` (valid padding) as a reshape and a max,
+    whose gradient XLA compiles deterministically (TensorFlow has no deterministic XLA
+    kernel for the max-pool gradient). The outputs are the pooling layer's, exactly; the
+    gradients too wherever the maxima are unique (after a ReLU, tied zeros pass no
+    gradient either way).
+
+    Args:
+        rank: spatial axes, 1 or 2.
+    """
+
+    def __init__(self, rank, **kwargs):
+        super().__init__(**kwargs)
+        if rank not in (1, 2):
+            raise ValueError(f"PairMaxPooling needs rank 1 or 2. Received: rank={rank}")
+        self.rank = rank
+
+    def call(self, x):
+        spatial = x.shape[1 : 1 + self.rank]
+        kept = [2 * (n // 2) for n in spatial]
+        x = x[:, : kept[0]] if self.rank == 1 else x[:, : kept[0], : kept[1]]
+        channels = x.shape[-1]
+        if self.rank == 1:
+            return keras.ops.max(keras.ops.reshape(x, (-1, kept[0] // 2, 2, channels)), axis=2)
+        x = keras.ops.reshape(x, (-1, kept[0] // 2, 2, kept[1] // 2, 2, channels))
+        return keras.ops.max(x, axis=(2, 4))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *(n // 2 for n in input_shape[1 : 1 + self.rank]), input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "rank": self.rank}
+
+
 class UnitAffine(keras.layers.Layer):
     """A scale ``gamma`` and offset ``beta`` per unit (every non-batch position), the
     affine part of a layer norm whose statistics a layer before it computed."""
@@ -434,7 +470,7 @@ def build_stacked_model(
         if dropout and i < len(widths) - 1:
             h = keras.layers.Dropout(dropout)(h)
         if kind != "mlp" and i < len(widths) - 1 and min(h.shape[1:-1]) >= 4:
-            h = (keras.layers.MaxPooling1D if rank == 2 else keras.layers.MaxPooling2D)(2)(h)
+            h = PairMaxPooling(rank - 1)(h)
     if kind != "mlp":
         h = (keras.layers.GlobalAveragePooling1D if rank == 2 else keras.layers.GlobalAveragePooling2D)()(h)
     if dropout:
@@ -470,3 +506,27 @@ def stack_member_weights(stacked, member_models):
                 raise ValueError(f"{weight.path}: members give shape {value.shape}, the stacked model {weight.shape}")
             values.append(value)
     return values
+
+
+def unstack_member_weights(stacked, member_models):
+    """Sets each of `member_models` (`build_model` models of `stacked`'s architecture) to
+    its member of `stacked` (`build_stacked_model`): the inverse of `stack_member_weights`."""
+    import numpy as np
+
+    k = len(member_models)
+    for layer in stacked.layers:
+        if not layer.weights:
+            continue
+        targets = [m.get_layer(layer.name) for m in member_models]
+        for weight in layer.weights:
+            name = weight.path.rsplit("/", 1)[-1]
+            value = weight.numpy()
+            if isinstance(layer, (StackedDense, StackedConv)) and name == "kernel":
+                parts = list(value)
+            elif not np.ndim(value):
+                parts = [value] * k
+            else:
+                parts = np.split(value, k, axis=-1)
+            for target, part in zip(targets, parts):
+                variable = next(w for w in target.weights if w.path.rsplit("/", 1)[-1] == name)
+                variable.assign(np.reshape(part, variable.shape))

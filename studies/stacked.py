@@ -24,9 +24,13 @@ block (weights, optimizer state, dropout seeds, learning rate are variables): a 
 that gets many blocks of one architecture traces once.
 
 Configs run stacked when their task is stackable (`studies.training.register_task` with
-``stackable=True``; the default ``train`` task is), their model is in
-`studies.models.STACKED_KINDS`, their norm in `studies.models.STACKED_NORMS`, and they set
-no ``model.*`` option; any other config runs unstacked through `studies.training.run`.
+``stackable=True`` or a `studies.training.Stacking`; the default ``train`` task is), their
+model is in `studies.models.STACKED_KINDS`, their norm in `studies.models.STACKED_NORMS`,
+and they set no ``model.*`` option but `studies.models.STACKED_OPTIONS`; any other config
+runs unstacked through `studies.training.run`. A task's `Stacking` gives the learning rate
+of every step (a schedule) and a ``finish`` hook, called after training with each member's
+trained weights copied back into its standalone model
+(`studies.models.unstack_member_weights`) to add the task's own measurements.
 Rows carry ``stack/members`` (K, 1 when unstacked) and ``stack/block`` (the block index,
 None when unstacked). A stacked row's ``time/*`` columns are the block's times divided by
 its members; ``steps`` of a diverged member counts up to its first non-finite loss.
@@ -65,7 +69,7 @@ def stackable(config: RunConfig) -> bool:
         task_stacks
         and config.model in models.STACKED_KINDS
         and config.norm in models.STACKED_NORMS
-        and not config.prefixed_options(training.MODEL_PREFIX)
+        and not set(config.prefixed_options(training.MODEL_PREFIX)) - set(models.STACKED_OPTIONS)
     )
 
 
@@ -151,7 +155,10 @@ def _train_block(configs):
     # As `training.prepare`: op determinism (rows are reproducible) and no retracing noise.
     tf.get_logger().setLevel("ERROR")
     tf.config.experimental.enable_op_determinism()
+    spec = training.stacking(first)
     dataset = training.load_dataset(first)
+    if spec.dataset is not None:
+        dataset = spec.dataset(first, dataset)
     if dataset.mask_train is not None:
         raise ValueError(f"Stacked training needs unmasked data. Received: dataset='{first.dataset}'")
     steps = training.epoch_steps(first, dataset)
@@ -162,16 +169,30 @@ def _train_block(configs):
         members.append(training.build(config, dataset))
     weights = models.stack_member_weights(trainer.model, members)
     orders = np.stack([data_order(c, len(dataset.x_train), steps) for c in configs], axis=2)
+    if spec.learning_rates is None:
+        rates = np.full(first.epochs * steps, first.learning_rate, np.float32)
+    else:
+        rates = np.asarray(spec.learning_rates(first, steps), np.float32)
+        if rates.shape != (first.epochs * steps,):
+            raise ValueError(
+                f"Task '{first.task}' gave {rates.shape} learning rates for {first.epochs} epochs "
+                f"of {steps} steps."
+            )
     build_s = time.perf_counter() - build_start
-    eval_train = bool(first.option("eval_train", False))
+    eval_train = spec.eval_train or bool(first.option("eval_train", False))
     logs = trainer.fit(
         dataset,
         weights,
         orders,
-        first.learning_rate,
+        rates.reshape(first.epochs, steps),
         dropout_seed=block_index(first) + 1,
         eval_train=eval_train,
     )
+    finish_s = 0.0
+    if spec.finish is not None:
+        start = time.perf_counter()
+        models.unstack_member_weights(trainer.model, members)
+        finish_s = time.perf_counter() - start
     rows = []
     k = len(configs)
     for member, config in enumerate(configs):
@@ -188,6 +209,10 @@ def _train_block(configs):
                 logs["eval_s"] / k,
             )
         )
+        if spec.finish is not None:
+            start = time.perf_counter()
+            spec.finish(config, dataset, members[member], row)
+            row["time/eval_s"] += time.perf_counter() - start + finish_s / k
         row.update({"stack/members": k, "stack/block": block_index(config)})
         rows.append(row)
     return rows
@@ -199,10 +224,11 @@ def data_order(config: RunConfig, num_train: int, epoch_steps: int) -> np.ndarra
     the run's seed, reshuffled each pass) over the example indices, read as
     `studies.training.fit_and_log` reads it through `keras.Model.fit` (one repeated stream
     with ``steps_per_epoch``, else a new pass per epoch with the last partial batch
-    dropped)."""
+    dropped; with option ``fixed_batches``, every pass in the first one's order)."""
     tf.random.set_seed(config.seed)
     passes = tf.data.Dataset.range(num_train)
-    passes = passes.shuffle(num_train, seed=config.seed, reshuffle_each_iteration=True)
+    reshuffle = not config.option("fixed_batches", False)
+    passes = passes.shuffle(num_train, seed=config.seed, reshuffle_each_iteration=reshuffle)
     per_epoch = epoch_steps * config.batch_size
     if config.steps_per_epoch:
         total = config.epochs * per_epoch
@@ -258,14 +284,15 @@ class StackedTrainer:
         # Any data size and number of steps: one trace serves every block.
         x, y = tf.TensorSpec((None, *self.sample_shape), tf.float32), tf.TensorSpec((None,), tf.int32)
         order = tf.TensorSpec((None, members, config.batch_size), tf.int32)
-        self._train = tf.function(self._train_steps, input_signature=[x, y, order])
-        self._evaluate = tf.function(self._evaluate_batch, input_signature=[x, y])
-        # Tracing is paid here, once per architecture and process, on a throwaway step
-        # (every variable is reset before each block).
-        x = tf.zeros((config.batch_size, *self.sample_shape))
-        y = tf.zeros((config.batch_size,), tf.int32)
-        self._train(x, y, tf.zeros((1, members, config.batch_size), tf.int32))
-        self._evaluate(x, y)
+        rates = tf.TensorSpec((None,), tf.float32)
+        self._train = tf.function(self._train_steps, input_signature=[x, y, order, rates], jit_compile=True)
+        self._evaluate = tf.function(self._evaluate_batch, input_signature=[x, y], jit_compile=True)
+        # One trace per architecture and process serves every block (the signature takes
+        # any data size and number of steps). The training loop compiles with XLA, which
+        # fuses each step's small ops (about 3x fewer seconds per step on 2 CPU cores for
+        # the study's MLP); XLA specializes on the concrete shapes, so the first block of a
+        # data size and epoch length pays the compilation and later ones reuse it. A
+        # throwaway step here would only compile a shape no block uses.
 
     def _fold(self, x):
         """``(K, batch, *sample)`` -> ``(batch, *sample[:-1], K * channels)``."""
@@ -280,15 +307,17 @@ class StackedTrainer:
         hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
         return losses, hits
 
-    def _train_steps(self, x, y, order):
-        """Trains one step per row of `order` (``(steps, K, batch)`` example indices);
-        returns each step's per-member loss and accuracy, ``(steps, K)`` each."""
+    def _train_steps(self, x, y, order, rates):
+        """Trains one step per row of `order` (``(steps, K, batch)`` example indices), step
+        i at learning rate ``rates[i]``; returns each step's per-member loss and accuracy,
+        ``(steps, K)`` each."""
         self.traces += 1  # Python side effect: runs when tracing only
         steps = tf.shape(order)[0]
         losses = tf.TensorArray(tf.float32, size=steps)
         accuracies = tf.TensorArray(tf.float32, size=steps)
         variables = self.model.trainable_variables
         for step in tf.range(steps):
+            self.optimizer.learning_rate.assign(rates[step])
             xb = self._fold(tf.gather(x, order[step]))
             yb = tf.transpose(tf.gather(y, order[step]))
             with tf.GradientTape() as tape:
@@ -309,15 +338,14 @@ class StackedTrainer:
         losses, hits = self._member_outputs(self.model(self._fold(copies), training=False), labels)
         return tf.reduce_sum(losses, axis=0), tf.reduce_sum(hits, axis=0)
 
-    def reset(self, weights, learning_rate, dropout_seed):
+    def reset(self, weights, dropout_seed):
         """Starts a block: the model's weights set to `weights` (`stack_member_weights`),
-        the optimizer's state zeroed, its learning rate set, each dropout layer's noise
-        seeded from `dropout_seed`."""
+        the optimizer's state zeroed (its learning rate is set at every step), each
+        dropout layer's noise seeded from `dropout_seed`."""
         for variable, value in zip(self.model.weights, weights, strict=True):
             variable.assign(value)
         for variable in self.optimizer.variables:
             variable.assign(np.zeros(variable.shape, variable.dtype))
-        self.optimizer.learning_rate = learning_rate
         dropouts = [
             layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout) and layer.rate
         ]
@@ -335,15 +363,17 @@ class StackedTrainer:
             hit_sum += hits.numpy()
         return loss_sum / len(x), hit_sum / len(x)
 
-    def fit(self, dataset, weights, orders, learning_rate, dropout_seed=1, eval_train=False) -> dict:
+    def fit(self, dataset, weights, orders, learning_rates, dropout_seed=1, eval_train=False) -> dict:
         """Trains the members from `weights` on `orders` (``(epochs, steps, K, batch)``
-        example indices) and evaluates them after each epoch.
+        example indices) at `learning_rates` (a number, or ``(epochs, steps)`` per step)
+        and evaluates them after each epoch.
 
         Returns a dict: ``columns`` (column -> ``(epochs, K)`` array: the
         `studies.training.EPOCH_METRICS` columns, and with `eval_train` the
         `studies.training.TRAIN_EVAL_METRICS` ones), ``steps`` (per member: all of them,
         or up to its first non-finite loss), ``train_s`` and ``eval_s``."""
-        self.reset(weights, learning_rate, dropout_seed)
+        self.reset(weights, dropout_seed)
+        rates = np.broadcast_to(np.asarray(learning_rates, np.float32), orders.shape[:2])
         x_train, y_train = tf.constant(dataset.x_train), tf.constant(dataset.y_train.astype(np.int32))
         splits = {"test": (dataset.x_test, dataset.y_test.astype(np.int32))}
         if eval_train:
@@ -351,9 +381,9 @@ class StackedTrainer:
         columns = collections.defaultdict(list)
         step_losses = []
         train_s = eval_s = 0.0
-        for epoch_order in orders:
+        for epoch_order, epoch_rates in zip(orders, rates):
             start = time.perf_counter()
-            losses, accuracies = self._train(x_train, y_train, tf.constant(epoch_order))
+            losses, accuracies = self._train(x_train, y_train, tf.constant(epoch_order), tf.constant(epoch_rates))
             losses, accuracies = losses.numpy(), accuracies.numpy()
             train_s += time.perf_counter() - start
             step_losses.append(losses)

@@ -16,7 +16,10 @@ something else registers its own task and reuses the helpers here::
 
 A task registered with ``stackable=True`` (the default ``train`` task is) declares that its
 row is the default training's, so the sweep may train its configs as the members of one
-stacked model instead (`studies.stacked`); other tasks always run as written.
+stacked model instead (`studies.stacked`). A task that trains with a learning-rate schedule
+or measures the trained model afterwards registers a `Stacking` that says how (the rates
+per step, a ``finish`` hook on each member's trained model); other tasks always run as
+written.
 
 `run(config)` looks the task up (importing the claim's module, which registers its tasks,
 when needed), times it, and turns an exception into a row with ``status="error"``: a sweep
@@ -42,6 +45,7 @@ import traceback
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from studies import data, models
@@ -160,33 +164,77 @@ def _check_choice(name, value, known):
 # The task registry.
 
 TASKS: dict[str, Callable[[RunConfig], dict]] = {}
-#: Tasks whose rows the stacked engine (`studies.stacked`) may make instead.
-STACKABLE_TASKS: set[str] = set()
 
 
-def register_task(name: str, stackable: bool = False):
+@dataclasses.dataclass(frozen=True)
+class Stacking:
+    """How `studies.stacked` makes the rows of a task that opts in, instead of calling it.
+
+    The stacked engine trains like the default ``train`` task (SGD or Adam, an evaluation
+    after each epoch), and then:
+
+    Attributes:
+        learning_rates: ``fn(config, epoch_steps) -> array`` of the learning rate of each
+            optimizer step (``epochs * epoch_steps`` values, step 0 first), for a task
+            that trains with a schedule; None for the config's constant rate.
+        finish: ``fn(config, dataset, model, row) -> None``, for a task that measures
+            the trained model: called per member with a `build` model holding that
+            member's trained weights (moving statistics included) and the member's row,
+            to which it adds its columns (the row's ``diverged`` says whether the weights
+            are finite).
+        applies: ``fn(config) -> bool``, False for the task's configs the engine cannot
+            make (e.g. ones that need a per-step callback); those run as written.
+        dataset: ``fn(config, dataset) -> dataset``, for a task that trains on other data
+            than `load_dataset`'s (e.g. a subset of it); None for those.
+        eval_train: whether the task evaluates the training set after each epoch
+            (`TRAIN_EVAL_METRICS`) whatever its option ``eval_train`` says.
+    """
+
+    learning_rates: Callable | None = None
+    finish: Callable | None = None
+    applies: Callable | None = None
+    dataset: Callable | None = None
+    eval_train: bool = False
+
+
+#: Tasks whose rows the stacked engine (`studies.stacked`) may make instead, and how.
+STACKABLE_TASKS: dict[str, Stacking] = {}
+
+
+def register_task(name: str, stackable: bool | Stacking = False):
     """Decorator: registers `fn(config) -> row` as task `name` (a name is registered once).
 
     With ``stackable=True`` the task declares that its row is the default ``train`` task's
     row for its config (it trains, evaluates after each epoch and logs, nothing more), so
     `studies.stacked` may train its configs as members of one stacked model instead of
-    calling it. A task that measures anything else leaves it False and runs as written."""
+    calling it; with a `Stacking`, that its row is that training's with the schedule and
+    the measurements the `Stacking` describes. A task that does anything else leaves it
+    False and runs as written."""
 
     def decorator(fn):
         if name in TASKS and TASKS[name] is not fn:
             raise ValueError(f"Task '{name}' is already registered by {TASKS[name].__module__}.")
         TASKS[name] = fn
         if stackable:
-            STACKABLE_TASKS.add(name)
+            STACKABLE_TASKS[name] = stackable if isinstance(stackable, Stacking) else Stacking()
         return fn
 
     return decorator
 
 
-def stackable_task(config: RunConfig) -> bool:
-    """True if `config`'s task (loading its claim's module when needed) is stackable."""
+def stacking(config: RunConfig) -> Stacking | None:
+    """How the stacked engine makes `config`'s row (loading its claim's module when
+    needed), or None if its task did not opt in or excludes this config."""
     _task(config)
-    return config.task in STACKABLE_TASKS
+    spec = STACKABLE_TASKS.get(config.task)
+    if spec is None or (spec.applies is not None and not spec.applies(config)):
+        return None
+    return spec
+
+
+def stackable_task(config: RunConfig) -> bool:
+    """True if `config`'s task (loading its claim's module when needed) is stackable for it."""
+    return stacking(config) is not None
 
 
 def _task(config):
@@ -314,6 +362,28 @@ def build(config: RunConfig, dataset: data.Dataset):
     return models.build_model(
         config.model, dataset.input_shape, dataset.num_classes, config.norm, **model_arguments(config, dataset)
     )
+
+
+class StepRates(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate per optimizer step from a table (the last one after its end): the
+    schedule the stacked engine reads step by step (`Stacking.learning_rates`), for a
+    standalone run to read the very same numbers.
+
+    Args:
+        rates: the rate of step 0, 1, ...
+    """
+
+    def __init__(self, rates):
+        self.rates = np.asarray(rates, np.float32)
+        if self.rates.ndim != 1 or not len(self.rates) or not np.isfinite(self.rates).all():
+            raise ValueError(f"StepRates needs a non-empty 1-D table of finite rates. Received: shape {self.rates.shape}")
+
+    def __call__(self, step):
+        last = len(self.rates) - 1
+        return keras.ops.take(self.rates, keras.ops.minimum(keras.ops.cast(step, "int32"), last))
+
+    def get_config(self):
+        return {"rates": self.rates.tolist()}
 
 
 def make_optimizer(config: RunConfig):

@@ -95,22 +95,33 @@ def ordered(table: pandas.DataFrame, order: dict, by: list[str]) -> pandas.DataF
     return table.loc[keys.sort_values(by).index].reset_index(drop=True)
 
 
-def warmup_cosine(config, steps_per_epoch: int, warmup_epochs: float):
-    """The learning rate of the small-batch claims: a linear warm-up from 0 to
-    ``config.learning_rate`` over the first `warmup_epochs` epochs (Goyal et al. 2017, for
-    the large batches' linearly scaled rates), then a cosine decay to 0 at the last step.
-    In epochs, so that every batch size gets the same schedule over its data."""
-    import keras
-
+def warmup_cosine(config, steps_per_epoch: int, warmup_epochs: float) -> np.ndarray:
+    """The learning rate of each step of the small-batch claims: a linear warm-up from 0
+    to ``config.learning_rate`` over the first `warmup_epochs` epochs (Goyal et al. 2017,
+    for the large batches' linearly scaled rates), then a cosine decay to 0 at the last
+    step (Keras's ``CosineDecay`` with ``warmup_target``, in float32). In epochs, so that
+    every batch size gets the same schedule over its data. ``(epochs * steps_per_epoch,)``."""
     total = config.epochs * steps_per_epoch
     warmup = min(total - 1, max(1, round(warmup_epochs * steps_per_epoch)))
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup
+    step = np.arange(total, dtype=np.float64)
+    peak = config.learning_rate
+    rising = peak * step / warmup
+    done = np.minimum(step - warmup, total - warmup) / (total - warmup)
+    falling = peak * 0.5 * (1.0 + np.cos(np.pi * done))
+    return np.where(step < warmup, rising, falling).astype(np.float32)
+
+
+def warmup_cosine_stacking(warmup_epochs: float, finish=None, applies=None) -> training.Stacking:
+    """How the stacked engine trains a task of `scheduled_run` with `warmup_epochs`."""
+    return training.Stacking(
+        learning_rates=lambda config, steps: warmup_cosine(config, steps, warmup_epochs),
+        finish=finish,
+        applies=applies,
     )
 
 
 def scheduled_run(config, warmup_epochs: float, make_callbacks=None):
-    """Trains `config` like the default task but with `warmup_cosine`'s learning rate;
+    """Trains `config` like the default task but with `warmup_cosine`'s learning rates;
     ``make_callbacks(dataset) -> list`` gives extra Keras callbacks.
 
     Returns ``(row, dataset, model)``: the row with the engine's columns, and the trained
@@ -118,7 +129,8 @@ def scheduled_run(config, warmup_epochs: float, make_callbacks=None):
     row = training.base_row(config)
     start = time.perf_counter()
     dataset, model = training.prepare(config)
-    model.optimizer.learning_rate = warmup_cosine(config, training.epoch_steps(config, dataset), warmup_epochs)
+    rates = warmup_cosine(config, training.epoch_steps(config, dataset), warmup_epochs)
+    model.optimizer.learning_rate = training.StepRates(rates)
     prepare_s = time.perf_counter() - start
     callbacks = make_callbacks(dataset) if make_callbacks else None
     row.update(training.fit_and_log(config, dataset, model, callbacks=callbacks))

@@ -73,6 +73,9 @@ POST_HOC = {  # arm -> metric column of the BN runs (test accuracy, inference mo
     "weighed": "c4b/accuracy_weighed",
     "recalibrated_weighed": "c4b/accuracy_recalibrated_weighed",
 }
+#: Arms that train one run at a time: the frozen arm freezes mid-run through a callback, and
+#: FRN has no stacked form (`studies.models.STACKED_NORMS`).
+ALONE_ARMS = ("frozen", "frn")
 INDEPENDENT = ("group", "layer", "frn")  # batch-independent norms, at REFERENCE_BATCH only
 ARM_LABELS = {
     "bn": "BN (EMA)",
@@ -94,22 +97,26 @@ class Profile:
     models: tuple  # of MODELS
     norm_batches: tuple  # ghost batch sizes
     true_batch: int | None  # the true small batch, or None
-    seeds: int
+    seeds: int  # of the arms that train stacked
+    alone_seeds: int  # of `ALONE_ARMS`, which train one run at a time
     num_samples: int  # of MNIST-1D, 80 % train
     epochs: dict  # model -> epochs
 
 
 #: Full profile: C4's epochs (its pilot: 30 MLP / 15 CNN epochs converge at batches 2-128).
-#: Cost from the previous full run's per-step times (0.8 ms MLP, 1.2-2.5 ms CNN, 3 s per
-#: run, unstacked): the ghost arms and references about 5 s a run, the true-batch-2 runs
-#: 17-21 s, about 240 CPU-s per seed, 12 CPU-min at 3 seeds. GN, LN and FRN at true batches
-#: are left out for the budget (C4 has GN and LN there).
+#: Cost, unstacked, from the previous full run's per-step times (0.8 ms MLP, 1.2-2.5 ms CNN,
+#: 3 s per run): the ghost arms and references about 5 s a run, the true-batch-2 runs
+#: 17-21 s, about 240 CPU-s per seed. Every arm but `ALONE_ARMS` now trains stacked, 8
+#: seeds a block for about the cost of three runs alone (issue 13): one block; the frozen
+#: arm (a mid-run callback) and FRN (no stacked form) train alone, 3 seeds for the budget
+#: (pairing by seed uses the seeds both arms have). GN, LN and FRN at true batches are
+#: left out for the budget (C4 has GN and LN there).
 PROFILES = {
     # The CNN alone runs every arm (FRN included) and every post-hoc remedy.
     # 5 epochs of 5 steps: the freeze (at step 15) falls on a compiled call's first step.
-    "smoke": Profile(("cnn1d",), (2,), None, 1, 200, {"mlp": 5, "cnn1d": 5}),
-    "quick": Profile(("cnn1d",), (2,), None, 2, 500, {"mlp": 5, "cnn1d": 5}),
-    "full": Profile(MODELS, NORM_BATCHES, TRUE_BATCH, 3, 2000, {"mlp": 30, "cnn1d": 15}),
+    "smoke": Profile(("cnn1d",), (2,), None, 1, 1, 200, {"mlp": 5, "cnn1d": 5}),
+    "quick": Profile(("cnn1d",), (2,), None, 2, 2, 500, {"mlp": 5, "cnn1d": 5}),
+    "full": Profile(MODELS, NORM_BATCHES, TRUE_BATCH, 8, 3, 2000, {"mlp": 30, "cnn1d": 15}),
 }
 ERROR_TABLE = "test error (%) by model, arm and normalization batch"
 DIFFERENCES_TABLE = "test error minus plain BN's, paired by seed (pp)"
@@ -141,7 +148,11 @@ def grid(profile):
         configs += [_config(model, arm, p.true_batch, p) for arm in TRAINED_ARMS if p.true_batch]
         configs.append(_config(model, "bn", REFERENCE_BATCH, p))
         configs += [_config(model, arm, REFERENCE_BATCH, p) for arm in INDEPENDENT if arm != "frn" or model != "mlp"]
-    return concat(*(product(c, seed=list(range(p.seeds))) for c in configs))
+    def seeds(config):
+        alone = config.option("freeze_at") is not None or config.norm == "frn"  # `ALONE_ARMS`
+        return list(range(p.alone_seeds if alone else p.seeds))
+
+    return concat(*(product(c, seed=seeds(c)) for c in configs))
 
 
 # -- the task ---------------------------------------------------------------------------
@@ -152,12 +163,40 @@ def _accuracy(model, dataset):
     return float(np.mean(predicted == dataset.y_test))
 
 
-@training.register_task("c4b_small_batch")
+def _measure(config, dataset, model, row):
+    """Adds the test accuracy in training mode (test batches of the training batch, ghost
+    batches splitting them: `BATCH_MODE`) and, for plain BN runs, the post-hoc remedies on
+    the trained checkpoint (`POST_HOC`'s columns); NaN where the run diverged."""
+    diverged = row["diverged"]
+    row[BATCH_MODE] = float("nan") if diverged else common.batch_statistics_accuracy(
+        model, dataset.x_test, dataset.y_test, config.batch_size
+    )
+    if config.norm in ("batch", "ghost") and config.option("freeze_at") is None:
+        weight = 1.0 / (config.virtual_batch_size or config.batch_size)  # each example's share of its statistics
+        if diverged:
+            row.update({column: float("nan") for column in POST_HOC.values()})
+        else:
+            kerasnorm.set_inference_weight(model, weight)
+            row[POST_HOC["weighed"]] = _accuracy(model, dataset)
+            kerasnorm.set_inference_weight(model, None)
+            kerasnorm.recalibrate(model, dataset.x_train, batch_size=EVAL_BATCH_SIZE)
+            row[POST_HOC["recalibrated"]] = _accuracy(model, dataset)
+            kerasnorm.set_inference_weight(model, weight)
+            row[POST_HOC["recalibrated_weighed"]] = _accuracy(model, dataset)
+
+
+@training.register_task(
+    "c4b_small_batch",
+    # The frozen arm freezes BN mid-run through a callback: it trains as written.
+    stackable=common.warmup_cosine_stacking(
+        WARMUP_EPOCHS, finish=_measure, applies=lambda config: config.option("freeze_at") is None
+    ),
+)
 def small_batch_run(config: RunConfig) -> dict:
     """Trains with C4's schedule (freezing BN's statistics from option ``freeze_at`` of
-    training on, recalibrated first; ``c4b/frozen_at_step`` says when), logs the test accuracy in training mode (test
-    batches of the training batch, ghost batches splitting them), and for plain BN runs
-    the post-hoc remedies on the trained checkpoint: `POST_HOC`'s columns."""
+    training on, recalibrated first; ``c4b/frozen_at_step`` says when), then `_measure`.
+    The sweep trains the runs without ``freeze_at`` stacked, by blocks of seeds, to the
+    same rows."""
     freeze_at = config.option("freeze_at")
     freezer = []
 
@@ -174,22 +213,7 @@ def small_batch_run(config: RunConfig) -> dict:
         # batch statistics, so the flag comes off for it.
         for layer in _mlp_common.batch_norm_layers(model):
             layer.freeze_statistics = False
-    diverged = row["diverged"]
-    row[BATCH_MODE] = float("nan") if diverged else common.batch_statistics_accuracy(
-        model, dataset.x_test, dataset.y_test, config.batch_size
-    )
-    if config.norm in ("batch", "ghost") and freeze_at is None:
-        weight = 1.0 / (config.virtual_batch_size or config.batch_size)  # each example's share of its statistics
-        if diverged:
-            row.update({column: float("nan") for column in POST_HOC.values()})
-        else:
-            kerasnorm.set_inference_weight(model, weight)
-            row[POST_HOC["weighed"]] = _accuracy(model, dataset)
-            kerasnorm.set_inference_weight(model, None)
-            kerasnorm.recalibrate(model, dataset.x_train, batch_size=EVAL_BATCH_SIZE)
-            row[POST_HOC["recalibrated"]] = _accuracy(model, dataset)
-            kerasnorm.set_inference_weight(model, weight)
-            row[POST_HOC["recalibrated_weighed"]] = _accuracy(model, dataset)
+    _measure(config, dataset, model, row)
     return row
 
 
@@ -205,15 +229,15 @@ CHANCE_PP = 100.0 * common.CHANCE_ACCURACY
 
 SEED_PLAN = stats.SeedPlan(
     pilot=3,
-    initial=3,
-    block=2,
-    cap=7,
+    initial=8,
+    block=8,
+    cap=16,
     why=(
         "C4's pilot of 3 seeds: sd of BN's per-seed small-minus-32 difference 1.5 pp on both "
-        "models -> 7 seeds for a half-width of 1.5 pp (stats.seeds_needed); the 12 CPU-min "
-        "budget allows 3, which decide remedies that leave BN's error far from or near to "
-        "BN's at 32 but not one near the threshold: while a decisive check stays undecided "
-        "the plan adds 2 seeds at a time, up to 7."
+        "models -> 7 seeds for a half-width of 1.5 pp (stats.seeds_needed). The arms that "
+        "train stacked get one block of 8 seeds; the frozen arm and FRN, which train one run "
+        "at a time, 3 (their checks pair on those 3 seeds and may stay undecided); the plan "
+        "adds a block of 8 while a decisive check stays undecided."
     ),
 )
 

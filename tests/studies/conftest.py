@@ -1,5 +1,11 @@
 """Fixtures for the study engine's tests: tiny configs that train in about a second."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from studies.training import RunConfig
@@ -15,3 +21,16 @@ def tiny():
         return RunConfig(**defaults)
 
     return make
+
+
+def kill_after_first_result(script, results, pattern, timeout_s=300):
+    """Runs ``python script results`` and kills it (SIGKILL) as soon as a file matching
+    `pattern` appears under `results`; returns ``{file name: bytes}`` of what was stored."""
+    process = subprocess.Popen([sys.executable, str(script), str(results)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while not list(results.glob(pattern)):
+        assert process.poll() is None and time.monotonic() < deadline, "the sweep never wrote"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return {p.name: p.read_bytes() for p in results.glob(pattern)}

@@ -4,6 +4,7 @@ figures, its grid, and its smoke profile end to end."""
 import dataclasses
 import itertools
 
+import keras
 import numpy as np
 import pandas
 import pytest
@@ -166,19 +167,30 @@ def test_grid_pairs_seeds_and_separates_the_two_batch_sizes():
     assert renorm.option("model.renorm_warmup") == (round(0.05 * steps), round(0.25 * steps))
 
 
-def test_schedule_warms_up_then_decays_to_zero():
+def test_schedule_warms_up_then_decays_to_zero_as_keras_cosine_decay():
     config = dataclasses.replace(c4.grid("full")[0], epochs=10)
-    schedule = c4.common.warmup_cosine(config, steps_per_epoch=100, warmup_epochs=1.0)
-    lr = [float(schedule(step)) for step in (0, 50, 100, 550, 1000)]
+    rates = c4.common.warmup_cosine(config, steps_per_epoch=100, warmup_epochs=1.0)
+    assert rates.shape == (1000,) and rates.dtype == np.float32
+    lr = rates[[0, 50, 100, 550, 999]]
     assert lr[0] == 0.0 and lr[1] == pytest.approx(config.learning_rate / 2)
     assert lr[2] == pytest.approx(config.learning_rate) and lr[3] == pytest.approx(config.learning_rate / 2)
-    assert lr[4] == pytest.approx(0.0, abs=1e-9)
+    assert lr[4] == pytest.approx(0.0, abs=1e-6)
+    keras_schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, 900, warmup_target=config.learning_rate, warmup_steps=100
+    )
+    steps = [0, 1, 37, 99, 100, 101, 500, 998, 999]
+    np.testing.assert_allclose(rates[steps], [float(keras_schedule(s)) for s in steps], rtol=1e-6, atol=1e-9)
+    # a standalone run reads the same table through `StepRates`
+    schedule = c4.training.StepRates(rates)
+    assert [float(schedule(s)) for s in (0, 550, 999, 5000)] == [rates[0], rates[550], rates[999], rates[999]]
 
 
 def test_smoke_runs_end_to_end(tmp_path):
     assert cli.main(["run", "--claims", "C4", "--profile", "smoke", "--results", str(tmp_path)]) == 0
     rows = sweep.load_rows(tmp_path, claims=["C4"])
-    assert len(rows) == len(c4.grid("smoke")) and (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
+    assert (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
+    # A stacked block stores all its members' rows: the planned ones and their block-mates.
+    assert {c.key() for c in c4.grid("smoke")} <= set(rows["key"])
     assert rows["c4/test_accuracy_batch_stats"].between(0, 1).all()
     analysis = c4.analyze(rows)
     assert analysis["verdict"] in stats.VERDICTS

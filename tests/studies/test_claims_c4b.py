@@ -9,7 +9,7 @@ import pytest
 
 import kerasnorm
 from studies import __main__ as cli
-from studies import models, stats, sweep, training
+from studies import models, stacked, stats, sweep, training
 from studies.claims import c4b_small_batch as c4b
 
 CONVERGED = [2.0, 1.0, 0.6, 0.5, 0.49]
@@ -126,6 +126,10 @@ def test_figure_plots_the_error_table(tmp_path):
 def test_grid_pairs_seeds_and_keeps_frn_to_the_cnn():
     full = c4b.grid("full")
     assert len({c.seed for c in full}) == c4b.SEED_PLAN.initial
+    for c in full:  # the arms that train alone get fewer seeds, the same ones
+        alone = c.option("freeze_at") is not None or c.norm == "frn"
+        assert c.seed < (c4b.PROFILES["full"].alone_seeds if alone else c4b.SEED_PLAN.initial)
+        assert alone != stacked.stackable(c)
     ghosts = [c for c in full if c.virtual_batch_size]
     assert {c.virtual_batch_size for c in ghosts} == {2, 4, 8}
     assert all(c.batch_size == 32 and c.learning_rate == pytest.approx(0.05) for c in ghosts)
@@ -151,7 +155,9 @@ def test_frn_arm_ends_in_its_own_tlu_and_needs_positions():
 def test_smoke_runs_end_to_end(tmp_path):
     assert cli.main(["run", "--claims", "C4b", "--profile", "smoke", "--results", str(tmp_path)]) == 0
     rows = sweep.load_rows(tmp_path, claims=["C4b"])
-    assert len(rows) == len(c4b.grid("smoke")) and (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
+    assert (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
+    # A stacked block stores all its members' rows: the planned ones and their block-mates.
+    assert {c.key() for c in c4b.grid("smoke")} <= set(rows["key"])
     bn = rows[(rows["norm"] == "ghost") & rows["opt/freeze_at"].isna()]
     for column in c4b.POST_HOC.values():
         assert bn[column].between(0, 1).all()

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from studies import data as data_module
-from studies import stats, sweep, training
+from studies import stacked, stats, sweep, training
 from studies.__main__ import main
 from studies.claims import c1_speed as c1
 from studies.claims import c3_regularization as c3
@@ -253,7 +253,9 @@ def test_c3_figure_csv_holds_each_arm_gap(tmp_path):
 
 def test_c3_grid_fixes_the_batches_of_the_fixed_arms_only():
     configs = c3.grid("full")
-    assert len(configs) == len(c3.ARMS) * c3.SEED_PLAN.initial
+    assert len(configs) == (len(c3.ARMS) - 1) * c3.SEED_PLAN.initial + c3.ALONE_SEEDS
+    for config in configs:  # every arm but the noise-free one trains stacked
+        assert stacked.stackable(config) == (config.option("c3/arm") != c3.NOISE_FREE)
     for config in configs:
         assert config.option("fixed_batches", False) == (config.option("c3/arm") in c3.FIXED)
         # Whole batches per pass, so the fixed arms repeat exactly the same batches.

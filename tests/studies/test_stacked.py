@@ -1,11 +1,16 @@
 import dataclasses
 import io
+import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 from studies import models, stacked, sweep, training
 from studies.training import RunConfig
+from tests.studies.conftest import kill_after_first_result
 
 METRICS = ("train/loss", "train/accuracy", "test/loss", "test/accuracy")
 
@@ -127,7 +132,7 @@ def test_a_failed_block_is_recorded_and_the_worker_goes_on(tiny, monkeypatch):
 def test_what_runs_stacked_and_how_units_are_planned(tiny, monkeypatch):
     monkeypatch.setattr(stacked, "MEMBERS", 4)
     monkeypatch.setitem(training.TASKS, "own_task", lambda config: training.base_row(config))
-    monkeypatch.setattr(training, "STACKABLE_TASKS", set(training.STACKABLE_TASKS))
+    monkeypatch.setattr(training, "STACKABLE_TASKS", dict(training.STACKABLE_TASKS))
     monkeypatch.setitem(training.TASKS, "own_stacked_task", training.train)  # removed after the test
     training.register_task("own_stacked_task", stackable=True)(training.train)  # a task opting in
     plain = tiny()
@@ -162,3 +167,75 @@ def test_stacked_model_maps_member_weights_to_their_channels(tiny):
     for k, member in enumerate(members):
         np.testing.assert_allclose(out[:, k], np.asarray(member(x, training=False)), rtol=1e-5, atol=1e-6)
     assert np.abs(out[:, 0] - out[:, 1]).max() > 0  # the members differ
+
+
+def test_a_task_with_a_schedule_and_a_finish_hook_stacks_to_its_standalone_row():
+    """C4's task: warm-up and cosine learning rates per step, batch renorm with its limits'
+    warm-up (a ``model.*`` option stacked models take), and a measurement of each member's
+    trained model (`Stacking.finish`)."""
+    from studies.claims import c4_batch_size as c4
+
+    full = next(c for c in c4.grid("full") if c.model == "mlp" and c.norm == "batch_renorm")
+    config = dataclasses.replace(full, num_samples=200, epochs=2, widths=(16, 16), options={"model.renorm_warmup": (2, 10)})
+    assert stacked.stackable(config)
+    rows = stacked.run_group(stacked.block(config))
+    seed = 6
+    alone = training.run(stacked.block(config)[seed])
+    row = rows[seed]
+    assert row["status"] == "ok" and alone["status"] == "ok"
+    for column in ("train/loss", "test/loss"):
+        np.testing.assert_allclose(row[column], alone[column], rtol=1e-4)
+    assert row[c4.BATCH_MODE] == pytest.approx(alone[c4.BATCH_MODE], abs=0.01)
+    assert row["time/eval_s"] > 0
+
+
+def test_a_task_can_exclude_configs_and_change_the_data(tiny, monkeypatch):
+    monkeypatch.setattr(training, "STACKABLE_TASKS", dict(training.STACKABLE_TASKS))
+    monkeypatch.setitem(training.TASKS, "half_data", training.train)
+    spec = training.Stacking(
+        dataset=lambda config, dataset: dataclasses.replace(dataset, x_train=dataset.x_train[:96], y_train=dataset.y_train[:96]),
+        applies=lambda config: config.learning_rate < 1,
+    )
+    training.register_task("half_data", stackable=spec)(training.train)
+    assert not stacked.stackable(tiny(task="half_data", learning_rate=2.0))
+    rows = stacked.run_group(stacked.block(tiny(task="half_data", steps_per_epoch=None)))
+    assert {r["epoch_steps"] for r in rows} == {96 // 32}
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from studies import sweep
+    from studies.training import RunConfig
+
+    configs = sweep.grid(RunConfig(claim="K", num_samples=200, widths=(8,), epochs=3),
+                         learning_rate=[0.05, 0.1, 0.2], seed=list(range(8)))
+    summary = sweep.run_sweep(configs, sweep.ResultsStore(sys.argv[1]))
+    print("SKIPPED", summary.skipped, "RAN", summary.ok + summary.extra)
+    """
+)
+
+
+def test_a_killed_stacked_sweep_reruns_only_its_unfinished_blocks(tmp_path):
+    script = tmp_path / "sweep_script.py"
+    script.write_text(KILL_SCRIPT)
+    results = tmp_path / "results"
+    before = kill_after_first_result(script, results, "K/*.json")
+    assert 1 <= len(before) < 3 * stacked.MEMBERS  # killed mid-sweep
+
+    resumed = subprocess.run([sys.executable, str(script), str(results)], capture_output=True, text=True, check=True)
+    files = sorted(results.glob("K/*"))  # temp files included: none may remain
+    assert len(files) == 3 * stacked.MEMBERS and all(p.suffix == ".json" for p in files)
+    rows = {p.name: json.loads(p.read_text()) for p in files}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert {r["stack/members"] for r in rows.values()} == {stacked.MEMBERS}
+    by_rate = {}
+    for name, content in before.items():
+        by_rate.setdefault(json.loads(content)["learning_rate"], []).append(name)
+    for names in by_rate.values():
+        for name in names:
+            if len(names) == stacked.MEMBERS:  # a finished block is not redone
+                assert (results / "K" / name).read_bytes() == before[name]
+            else:  # a block killed while writing reruns whole, to the same numbers
+                assert rows[name]["test/loss"] == json.loads(before[name])["test/loss"]
+    assert f"SKIPPED {len(before)}" in resumed.stdout

@@ -1,16 +1,15 @@
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from studies import stacked, sweep, training
 from studies.training import RunConfig
+from tests.studies.conftest import kill_after_first_result
 
 
 def test_grid_is_the_product_of_axes_in_order():
@@ -156,14 +155,7 @@ def test_killed_sweep_resumes_without_redoing_or_corrupting(tmp_path):
     script = tmp_path / "sweep_script.py"
     script.write_text(SCRIPT)
     results = tmp_path / "results"
-    process = subprocess.Popen([sys.executable, str(script), str(results)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(results.glob("K/*.json")):
-        assert process.poll() is None and time.monotonic() < deadline, "the sweep never wrote"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    before = {p.name: p.read_bytes() for p in results.glob("K/*.json")}
+    before = kill_after_first_result(script, results, "K/*.json")
     assert 1 <= len(before) < 6  # killed mid-sweep
 
     resumed = subprocess.run(
