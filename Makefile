@@ -34,7 +34,7 @@ test: install
 		(KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider --basetemp=build/pytest-$$backend \
 			tests/kerasnorm > build/test-$$backend.log 2>&1; echo $$? > build/test-$$backend.rc) & \
 	done; \
-	$(PY) -m pytest; status=$$?; wait; \
+	$(PY) -m pytest --durations=15; status=$$?; wait; \
 	for backend in $(OTHER_BACKENDS); do \
 		echo "== tests/kerasnorm under KERAS_BACKEND=$$backend (build/test-$$backend.log)"; \
 		tail -n 12 build/test-$$backend.log; \

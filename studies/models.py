@@ -259,7 +259,7 @@ def _feedforward(kind, inputs, norm, activation, widths, dropout, kernel_size, n
 
 #: Norms a stacked model can hold (the others, per-sample norms over all units with a
 #: weight layout group norm cannot express, train unstacked).
-STACKED_NORMS = ("none", "batch", "batch_renorm", "ghost", "keras_batch", "layer", "group")
+STACKED_NORMS = ("none", "batch", "batch_renorm", "ghost", "keras_batch", "layer", "group", "frn")
 STACKED_KINDS = ("mlp", "cnn1d", "cnn2d")
 #: ``model.*`` options (`build_model` arguments) a stacked model takes as they are.
 STACKED_OPTIONS = ("renorm_warmup",)
@@ -464,9 +464,10 @@ def build_stacked_model(
         elif norm == "group":
             per_member = groups or math.gcd(width, 8)
             h = _kerasnorm("GroupNormalization")(groups=members * per_member, epsilon=epsilon, name=f"norm_{i}")(h)
-        elif norm != "none":
+        elif norm != "none":  # per-channel norms (FRN: per sample too) act on each member as is
             h = norm_layer(norm, epsilon=epsilon, name=f"norm_{i}", **norm_options)(h)
-        h = keras.layers.Activation(activation, name=f"act_{i}")(h)
+        if norm not in _NORMS_WITH_ACTIVATION:
+            h = keras.layers.Activation(activation, name=f"act_{i}")(h)
         if dropout and i < len(widths) - 1:
             h = keras.layers.Dropout(dropout)(h)
         if kind != "mlp" and i < len(widths) - 1 and min(h.shape[1:-1]) >= 4:

@@ -136,8 +136,7 @@ def _measure(config, dataset, model, row):
     summary = kerasnorm.recalibrate(model, dataset.x_train, batch_size=500)
     row["c2/ema_mean_shift_in_std"] = float(summary["mean_max_shift_in_std"].max())
     row["c2/ema_variance_rel_change"] = float(summary["variance_max_rel_change"].max())
-    predicted = np.argmax(model.predict(x, batch_size=training.EVAL_BATCH_SIZE, verbose=0), axis=-1)
-    row["c2/accuracy_population"] = float(np.mean(predicted == y))
+    row["c2/accuracy_population"] = common.inference_accuracy(model, x, y)
 
 
 @training.register_task("c2_inference_statistics", stackable=training.Stacking(finish=_measure))

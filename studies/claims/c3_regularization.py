@@ -387,7 +387,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
         f"of training) is at most {stats.PLATEAU_THRESHOLD:g} in "
         f"{int(convergence['converged'].sum())} of {int((convergence['runs'] - convergence['diverged']).sum())} "
         f"runs that did not diverge (worst arm median {convergence['median_plateau'].max():.3f}); an arm "
-        "with an unconverged run blocks the checks it is in.",
+        "where fewer than half the runs converged blocks the checks it is in.",
         f"Ceiling and floor: the arms' test accuracies lie between {test_means.min():.1f} and "
         f"{test_means.max():.1f} %, against 100 % and chance ({CHANCE_PERCENT:g} %); their training "
         f"accuracies between {train_means.min():.1f} and {train_means.max():.1f} %: the design wants "

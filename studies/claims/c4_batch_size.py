@@ -149,9 +149,6 @@ THRESHOLD_WHY = (
     f"{THRESHOLD_PP:g} pp is about a quarter of BN's rise ('several pp worse'), and a "
     "batch-independent norm that moves by less is flat at this scale"
 )
-#: Share of an arm's non-diverged runs that must have converged for its end-of-training
-#: error to be compared (`stats.unconverged_arms`).
-CONVERGED_SHARE = 1.0
 #: Accuracy of a constant prediction on MNIST-1D's ten balanced classes, in %.
 CHANCE_PP = 100.0 * common.CHANCE_ACCURACY
 
@@ -179,7 +176,7 @@ RULE = (
     f"±{THRESHOLD_PP:g} pp (Wu & He's contrast), and the same four checks on the CNN, whose "
     f"statistics also pool positions. Supported when both decisive checks hold (partly if a "
     f"secondary one fails), not supported when both fail. A check compares "
-    "end-of-training errors, so an arm with an unconverged run, or two arms both within "
+    "end-of-training errors, so an arm whose median run had not converged, or two arms both within "
     f"{stats.CEILING_MARGIN_PP:g} pp of chance, leave it undecided."
 )
 
@@ -231,7 +228,7 @@ def _check(ok, name, a, b, kind, decisive):
     runs_a, runs_b = _arm(ok, *a), _arm(ok, *b)
     effect = stats.estimate(stats.paired_differences(runs_a, runs_b, "eval_error"))
     both = pandas.concat([runs_a, runs_b])
-    blockers = list(stats.unconverged_arms(both, BY, share=CONVERGED_SHARE)) if len(both) else []
+    blockers = list(stats.unconverged_arms(both, BY)) if len(both) else []
     blockers.append(stats.ceiling_blocker(
         100.0 - stats.estimate(runs_a["eval_error"]).mean, 100.0 - stats.estimate(runs_b["eval_error"]).mean,
         CHANCE_PP, f"{_arm_name(*a)} vs {_arm_name(*b)}",
@@ -344,6 +341,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
     diverged = int(ok["diverged"].astype(bool).sum())
     steps = ok.groupby(["model", "batch_size"])["steps"].max()
     unconverged = [r for r in convergence.to_dict(orient="records") if r["converged"] < r["runs"] - r["diverged"]]
+    blocked = [r for r in unconverged if stats.arm_unconverged(r)]
     decisive_half = [(c.name, (c.effect.high - c.effect.low) / 2) for c in checks if c.decisive and c.effect.n >= 2]
     caveats = [
         f"{failed} run(s) failed and are left out; {diverged} diverged and count at chance "
@@ -354,7 +352,8 @@ def analyze(rows: pandas.DataFrame) -> dict:
            + "; ".join(f"{MODEL_LABELS.get(r['model'], r['model'])} {NORM_LABELS.get(r['norm'], r['norm'])} "
                        f"at batch {r['batch_size']} (norm batch {r['norm_batch']}): {r['converged']} of "
                        f"{r['runs'] - r['diverged']}" for r in unconverged)
-           + ". Checks on those arms are undecided." if unconverged else "every run of every arm did.")
+           + f". {len(blocked)} of them had fewer than half their runs converged: checks on those "
+           "arms are undecided." if unconverged else "every run of every arm did.")
         + " The cosine decay brings every run to rest by its last epoch, so the measure reads "
         "whether the loss was still falling steeply when the rate ran out.",
         "Equal epochs mean unequal steps (" + ", ".join(

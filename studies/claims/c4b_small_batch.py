@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pandas
 
 import kerasnorm
@@ -73,9 +72,8 @@ POST_HOC = {  # arm -> metric column of the BN runs (test accuracy, inference mo
     "weighed": "c4b/accuracy_weighed",
     "recalibrated_weighed": "c4b/accuracy_recalibrated_weighed",
 }
-#: Arms that train one run at a time: the frozen arm freezes mid-run through a callback, and
-#: FRN has no stacked form (`studies.models.STACKED_NORMS`).
-ALONE_ARMS = ("frozen", "frn")
+#: Arms that train one run at a time: the frozen arm freezes mid-run through a callback.
+ALONE_ARMS = ("frozen",)
 INDEPENDENT = ("group", "layer", "frn")  # batch-independent norms, at REFERENCE_BATCH only
 ARM_LABELS = {
     "bn": "BN (EMA)",
@@ -108,9 +106,9 @@ class Profile:
 #: 3 s per run): the ghost arms and references about 5 s a run, the true-batch-2 runs
 #: 17-21 s, about 240 CPU-s per seed. Every arm but `ALONE_ARMS` now trains stacked, 8
 #: seeds a block for about the cost of three runs alone (issue 13): one block; the frozen
-#: arm (a mid-run callback) and FRN (no stacked form) train alone, 3 seeds for the budget
-#: (pairing by seed uses the seeds both arms have). GN, LN and FRN at true batches are
-#: left out for the budget (C4 has GN and LN there).
+#: arm (a mid-run callback) trains alone, 3 seeds for the budget (pairing by seed uses the
+#: seeds both arms have). GN, LN and FRN at true batches are left out for the budget (C4
+#: has GN and LN there).
 PROFILES = {
     # The CNN alone runs every arm (FRN included) and every post-hoc remedy.
     # 5 epochs of 5 steps: the freeze (at step 15) falls on a compiled call's first step.
@@ -149,7 +147,7 @@ def grid(profile):
         configs.append(_config(model, "bn", REFERENCE_BATCH, p))
         configs += [_config(model, arm, REFERENCE_BATCH, p) for arm in INDEPENDENT if arm != "frn" or model != "mlp"]
     def seeds(config):
-        alone = config.option("freeze_at") is not None or config.norm == "frn"  # `ALONE_ARMS`
+        alone = config.option("freeze_at") is not None  # `ALONE_ARMS`: the frozen arm
         return list(range(p.alone_seeds if alone else p.seeds))
 
     return concat(*(product(c, seed=seeds(c)) for c in configs))
@@ -159,8 +157,7 @@ def grid(profile):
 
 
 def _accuracy(model, dataset):
-    predicted = np.argmax(model.predict(dataset.x_test, batch_size=EVAL_BATCH_SIZE, verbose=0), axis=-1)
-    return float(np.mean(predicted == dataset.y_test))
+    return common.inference_accuracy(model, dataset.x_test, dataset.y_test)
 
 
 def _measure(config, dataset, model, row):
@@ -224,7 +221,6 @@ THRESHOLD_WHY = (
     "to 2 in Wu & He's Fig. 1; a remedy that leaves less than that of BN's excess error works "
     "at this scale"
 )
-CONVERGED_SHARE = 1.0  # as in C4
 CHANCE_PP = 100.0 * common.CHANCE_ACCURACY
 
 SEED_PLAN = stats.SeedPlan(
@@ -235,8 +231,8 @@ SEED_PLAN = stats.SeedPlan(
     why=(
         "C4's pilot of 3 seeds: sd of BN's per-seed small-minus-32 difference 1.5 pp on both "
         "models -> 7 seeds for a half-width of 1.5 pp (stats.seeds_needed). The arms that "
-        "train stacked get one block of 8 seeds; the frozen arm and FRN, which train one run "
-        "at a time, 3 (their checks pair on those 3 seeds and may stay undecided); the plan "
+        "train stacked get one block of 8 seeds; the frozen arm, which trains one run at a "
+        "time, 3 (its checks pair on those 3 seeds and may stay undecided); the plan "
         "adds a block of 8 while a decisive check stays undecided."
     ),
 )
@@ -251,8 +247,8 @@ RULE = (
     "model. Secondary: the same checks on the CNN, and with true batches of 2. Supported if "
     "every decisive check holds (every remedy works), partly supported if some hold and some "
     "fail (the checks say which remedies work), not supported if all fail, inconclusive "
-    "while a decisive check is undecided. A check compares end-of-training errors: an "
-    "unconverged trained arm, or two arms at chance, leave it undecided."
+    "while a decisive check is undecided. A check compares end-of-training errors: a "
+    "trained arm whose median run had not converged, or two arms at chance, leave it undecided."
 )
 
 ANCHOR = (
@@ -301,7 +297,7 @@ def _check(long, trained, name, a, b, kind, decisive, threshold=THRESHOLD_PP):
     # Convergence is the trained runs' (a post-hoc arm's checkpoint is its BN run's).
     sources = [_arm(trained, a[0], "bn" if a[1] in POST_HOC else a[1], *a[2:]), _arm(trained, *b)]
     both = pandas.concat(sources)
-    blockers = list(stats.unconverged_arms(both, BY, share=CONVERGED_SHARE)) if len(both) else []
+    blockers = list(stats.unconverged_arms(both, BY)) if len(both) else []
     blockers.append(stats.ceiling_blocker(100.0 - runs_a["error"].mean(), 100.0 - runs_b["error"].mean(),
                                           CHANCE_PP, f"{name}"))
     return stats.Check(name=name, effect=effect, threshold=threshold, kind=kind, why=THRESHOLD_WHY,
@@ -408,7 +404,8 @@ def analyze(rows: pandas.DataFrame) -> dict:
             f"{MODEL_LABELS.get(r['model'], r['model'])} {ARM_LABELS.get(r['arm'], r['arm'])} at batch "
             f"{r['batch_size']} (norm batch {r['norm_batch']}): {r['converged']} of "
             f"{r['runs'] - r['diverged']} converged" for r in unconverged)
-            + "; checks on those arms are undecided." if unconverged else "every trained run converged.")
+            + "; checks on the arms where fewer than half did are undecided." if unconverged
+            else "every trained run converged.")
         + " Post-hoc arms share their BN run's training.",
         "Power: " + SEED_PLAN.why,
         "GN, LN and FRN have no batch statistics, so their checks use their runs at the "

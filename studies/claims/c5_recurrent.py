@@ -232,7 +232,7 @@ def _arm_order(arms):
 
 def _paired_check(ok, name, a, b, value, threshold, why, ceiling_value, ceiling_label):
     """Check `name`: arm `a` minus arm `b` in `value`, paired by seed, at least `threshold`
-    pp; blocked while either arm has unconverged runs, or when both arms' `ceiling_value`
+    pp; blocked while either arm has not converged (`stats.unconverged_arms`), or when both arms' `ceiling_value`
     accuracies sit at the ceiling or the floor."""
     arm_a, arm_b = ok[ok["arm"] == a], ok[ok["arm"] == b]
     effect = stats.estimate(stats.paired_differences(arm_a, arm_b, value) if len(arm_a) and len(arm_b) else [])

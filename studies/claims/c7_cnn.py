@@ -201,8 +201,8 @@ def analyze(rows: pandas.DataFrame) -> dict:
             f"accuracy (90 % error).",
             f"Convergence: {int(convergence['converged'].sum())} of {int(finite.sum())} runs that did "
             f"not diverge reached a plateau of the training loss at most {stats.PLATEAU_THRESHOLD:g} "
-            f"(worst arm median {convergence['median_plateau'].max():.3f}); an unconverged BN or LN "
-            "arm blocks its dataset's check.",
+            f"(worst arm median {convergence['median_plateau'].max():.3f}); a BN or LN arm where "
+            "fewer than half the runs converged blocks its dataset's check.",
             "Ceiling: the best arm's test error is "
             + ", ".join(f"{best[d]:.1f} % on {DATASET_LABELS[d]}" for d in datasets)
             + f"; a check is blocked only if BN and LN both lie within {stats.CEILING_MARGIN_PP:g} pp "

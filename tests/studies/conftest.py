@@ -1,4 +1,6 @@
-"""Fixtures for the study engine's tests: tiny configs that train in about a second."""
+"""Fixtures for the study engine's tests: tiny configs that train in about a second, and
+the whole study at the smoke profile, run once per test session for every test that reads
+it (each claim's end-to-end test and the report's)."""
 
 import os
 import signal
@@ -8,7 +10,31 @@ import time
 
 import pytest
 
+from studies import claims, sweep
+from studies.__main__ import main
 from studies.training import RunConfig
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    """The results folder of ``python -m studies run --claims all --profile smoke --jobs 2``
+    (through the command line, as a user runs it), every run ok."""
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    assert main(["run", "--claims", "all", "--profile", "smoke", "--jobs", "2", "--results", str(results)]) == 0
+    rows = sweep.load_rows(results)
+    assert set(rows["claim"]) == set(claims.CLAIM_IDS)
+    assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", "error"].tolist()
+    return results
+
+
+def smoke_rows(results, claim_id):
+    """The stored rows of `claim_id`'s smoke grid (a stacked block also stores its
+    members' other seeds: those are left out), one per planned run."""
+    planned = {config.key() for config in claims.load(claim_id).grid("smoke")}
+    rows = sweep.load_rows(results, claims=[claim_id])
+    rows = rows[rows["key"].isin(planned)].reset_index(drop=True)
+    assert len(rows) == len(planned)
+    return rows
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import pandas
 import pytest
 
 import kerasnorm
-from studies import __main__ as cli
-from studies import claims, stats, sweep
+from studies import stats
 from studies.claims import _cnn_common as common
 from studies.claims import c2_inference_statistics as c2
 from studies.claims import c7_cnn as c7
+from tests.studies.conftest import smoke_rows
 
 
 def _figure_files(paths, fig_id):
@@ -21,17 +21,6 @@ def _figure_files(paths, fig_id):
     assert names == sorted(f"{fig_id}.{ext}" for ext in ("csv", "png", "svg"))
     assert all(p.stat().st_size > 0 for p in paths)
     return pandas.read_csv(next(p for p in paths if p.suffix == ".csv"))
-
-
-def _run_smoke(claim_id, tmp_path):
-    assert cli.main(["run", "--claims", claim_id, "--profile", "smoke", "--results", str(tmp_path)]) == 0
-    planned = {config.key() for config in claims.load(claim_id).grid("smoke")}
-    # A stacked block stores all its members' rows; the planned ones are those asked for.
-    rows = sweep.load_rows(tmp_path, claims=[claim_id])
-    rows = rows[rows["key"].isin(planned)].reset_index(drop=True)
-    assert len(rows) == len(planned)
-    assert (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
-    return rows
 
 
 # -- the shared helper --------------------------------------------------------------------
@@ -144,8 +133,8 @@ def test_c7_grid_trains_digits_on_a_fifth_of_the_images():
     assert len(configs) == 2 * 4 * c7.SEED_PLAN.initial
 
 
-def test_c7_smoke_runs_end_to_end(tmp_path):
-    rows = _run_smoke("C7", tmp_path)
+def test_c7_smoke_runs_end_to_end(smoke_results, tmp_path):
+    rows = smoke_rows(smoke_results, "C7")
     assert set(rows["dataset"]) == {"mnist1d", "digits"}
     assert rows["final/train_eval/accuracy"].between(0, 1).all()
     assert c7.analyze(rows)["verdict"] in stats.VERDICTS
@@ -231,8 +220,8 @@ def test_c2_batchmate_dependence_sees_batch_statistics_only_in_training_mode():
         np.testing.assert_array_equal(before, v.numpy())
 
 
-def test_c2_smoke_runs_end_to_end(tmp_path):
-    rows = _run_smoke("C2", tmp_path)
+def test_c2_smoke_runs_end_to_end(smoke_results, tmp_path):
+    rows = smoke_rows(smoke_results, "C2")
     for column in ("c2/accuracy_ema", "c2/accuracy_population", "c2/accuracy_test_batch", "c2/accuracy_single"):
         assert rows[column].between(0, 1).all()
     assert (rows["c2/batchmate_max_abs_diff_inference"] <= c2.INDEPENDENCE_TOLERANCE).all()

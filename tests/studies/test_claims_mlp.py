@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from studies import data as data_module
-from studies import stacked, stats, sweep, training
-from studies.__main__ import main
+from studies import stacked, stats, training
 from studies.claims import c1_speed as c1
 from studies.claims import c3_regularization as c3
 from studies.claims import c9_covariate_shift as c9
+from tests.studies.conftest import smoke_rows
 
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -425,19 +425,13 @@ def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path
 # --- End to end -------------------------------------------------------------------------
 
 
-def test_smoke_grids_run_end_to_end_and_analyze(tmp_path):
-    assert main(["run", "--claims", "C1,C3,C9", "--profile", "smoke", "--results", str(tmp_path)]) == 0
-    rows = sweep.load_rows(tmp_path)
-    assert (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
+def test_smoke_grids_run_end_to_end_and_analyze(smoke_results, tmp_path):
     for module in (c1, c3, c9):
-        # A stacked block stores all its members' rows; the planned ones are those asked for.
-        planned = {config.key() for config in module.grid("smoke")}
-        claim_rows = rows[rows["key"].isin(planned)].reset_index(drop=True)
-        assert len(claim_rows) == len(planned)
+        claim_rows = smoke_rows(smoke_results, module.CLAIM_ID)
         analysis = module.analyze(claim_rows)
         assert analysis["verdict"] in stats.VERDICTS
         written = module.figures(analysis, tmp_path / "figures")
         assert {p.stem for p in written} == set(analysis["figures"])
-    c3_rows = rows[rows["claim"] == "C3"]
+    c3_rows = smoke_rows(smoke_results, "C3")
     assert (c3_rows["c3/train_examples"] == 256).all()
     assert c3_rows["train_eval/accuracy"].map(len).eq(2).all()

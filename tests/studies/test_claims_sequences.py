@@ -7,10 +7,11 @@ import numpy as np
 import pandas
 import pytest
 
-from studies import claims, stats, sweep
+from studies import claims, stats
 from studies.claims import _sequence_common as common
 from studies.claims import c5_recurrent as c5
 from studies.claims import c6_layer_norm_sequences as c6
+from tests.studies.conftest import smoke_rows
 
 
 def _figure_files(paths, fig_id):
@@ -333,11 +334,8 @@ def test_c6_figures_plot_the_analysis_tables(tmp_path):
 # -- the smoke grids end to end -----------------------------------------------------------
 
 
-def test_smoke_grids_run_end_to_end_and_measure_what_the_claims_need(tmp_path):
-    configs = c5.grid("smoke") + c6.grid("smoke")
-    summary = sweep.run_sweep(configs, sweep.ResultsStore(tmp_path))
-    assert summary.ok == len(configs) and summary.errors == 0
-    rows = sweep.load_rows(tmp_path)
+def test_smoke_grids_run_end_to_end_and_measure_what_the_claims_need(smoke_results, tmp_path):
+    rows = pandas.concat([smoke_rows(smoke_results, "C5"), smoke_rows(smoke_results, "C6")], ignore_index=True)
 
     c5_rows = rows[rows["claim"] == "C5"]
     assert sorted(c5_rows["norm"]) == ["batch", "layer"]

@@ -16,17 +16,6 @@ from studies.__main__ import main
 from studies.training import RunConfig
 
 
-@pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    """The whole study at the smoke profile, run once for this module."""
-    results = tmp_path_factory.mktemp("smoke") / "results"
-    assert main(["run", "--claims", "all", "--profile", "smoke", "--jobs", "2", "--results", str(results)]) == 0
-    rows = sweep.load_rows(results)
-    assert set(rows["claim"]) == set(claims.CLAIM_IDS)
-    assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", "error"].tolist()
-    return results
-
-
 def _report(results, out):
     assert main(["report", "--results", str(results), "--out", str(out)]) == 0
     return (out / "REPORT.md").read_text()

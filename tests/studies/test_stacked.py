@@ -25,6 +25,7 @@ def _metrics(row):
         dict(model="mlp", norm="batch", steps_per_epoch=1, epochs=2),  # one repeated stream
         dict(model="mlp", norm="layer", dropout=0.0, epochs=2),  # a new pass per epoch
         dict(model="cnn1d", norm="layer", widths=(4, 4), steps_per_epoch=2),
+        dict(model="cnn1d", norm="frn", widths=(4, 4), steps_per_epoch=2),  # FRN + TLU, no activation
         dict(model="cnn2d", norm="group", dataset="digits", num_samples=None, widths=(8, 8), steps_per_epoch=1),
     ],
 )

@@ -114,8 +114,15 @@ def test_convergence_table_counts_per_arm():
 
 
 def test_unconverged_arms_are_blockers_naming_the_arm():
-    assert stats.unconverged_arms(_runs(), "norm") == ["not converged: norm=none (2 of 3 runs)"]
+    # by default an arm converges by its median run: 2 of 3 did
+    assert stats.unconverged_arms(_runs(), "norm") == []
+    assert stats.unconverged_arms(_runs(), "norm", share=1.0) == ["not converged: norm=none (2 of 3 runs)"]
     assert stats.unconverged_arms(_runs(), "norm", share=0.6) == []
+    flat, falling = _runs()["train/loss"][0], _runs()["train/loss"][4]
+    one_of_three = pandas.DataFrame({
+        "norm": ["batch"] * 3, "status": ["ok"] * 3, "diverged": [False] * 3, "train/loss": [flat, falling, falling],
+    })
+    assert stats.unconverged_arms(one_of_three, "norm") == ["not converged: norm=batch (1 of 3 runs)"]
 
 
 def test_ceiling_and_floor_blockers():
