@@ -304,7 +304,9 @@ def _power_line(a):
 def _plan_status(a, plan, decisive):
     """Where the sequential plan stands on these results: done, or the block it calls for
     next (`python -m studies run --sequential` trains it)."""
-    n_now = max((c["effect"]["n"] for c in decisive), default=0)
+    # Seeds per arm: the smallest n of a decisive check (a check over runs pooled across
+    # arms, e.g. C2's per-run logit change, counts runs, not seeds).
+    n_now = min((c["effect"]["n"] for c in decisive), default=0)
     more = stats.more_seeds_needed(a, stats.SeedPlan(**plan), n_now)
     if more:
         return (f"Plan status: a decisive check is undecided for want of precision at n={n_now}, "

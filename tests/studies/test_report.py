@@ -133,3 +133,8 @@ def test_power_line_names_the_block_the_sequential_plan_still_calls_for():
     decided = stats.Check(name="effect", effect=stats.Estimate(6.0, 5.0, 7.0, 4), threshold=3.0,
                           kind="at_least", why="anchor")
     assert "Plan status: complete" in report._power_line({"checks": [decided.to_dict()], "seed_plan": plan.to_dict()})
+    # a decisive check over runs pooled across arms (n=48) does not count as seeds per arm
+    pooled = stats.Check(name="pooled", effect=stats.Estimate(0.0, 0.0, 0.0, 48), threshold=1e-4,
+                         kind="at_most", why="anchor")
+    line = report._power_line({"checks": [check.to_dict(), pooled.to_dict()], "seed_plan": plan.to_dict()})
+    assert "at n=4" in line and "at its cap" not in line
