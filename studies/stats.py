@@ -320,6 +320,17 @@ def ceiling_blocker(acc_a, acc_b, chance: float, label: str, margin=CEILING_MARG
     return None
 
 
+def ceiling_summary(checks) -> str:
+    """A caveat stating the ceiling-and-floor check of a claim's `checks` (`Check`s):
+    which of them `ceiling_blocker` blocked, or that none was."""
+    blocked = [c.name for c in checks if any(b.startswith(("at the ceiling", "at the floor")) for b in c.blockers)]
+    head = (f"Ceiling and floor: a check comparing two arms both within {CEILING_MARGIN_PP:g} pp of "
+            "100 % accuracy or of chance is undecided; ")
+    if not blocked:
+        return head + f"none of the {len(checks)} checks was."
+    return head + f"{len(blocked)} of {len(checks)} were: " + "; ".join(blocked) + "."
+
+
 def seeds_needed(sd: float, threshold: float, confidence=0.95, minimum=2, cap=None) -> int:
     """The smallest n (at least `minimum`, at most `cap`) whose Student-t interval of a
     mean of n values with standard deviation `sd` (a paired difference's, from a pilot) has

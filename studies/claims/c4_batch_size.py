@@ -344,6 +344,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
     blocked = [r for r in unconverged if stats.arm_unconverged(r)]
     decisive_half = [(c.name, (c.effect.high - c.effect.low) / 2) for c in checks if c.decisive and c.effect.n >= 2]
     caveats = [
+        stats.ceiling_summary(checks),
         f"{failed} run(s) failed and are left out; {diverged} diverged and count at chance "
         "accuracy (90 % error).",
         "Convergence: a run has converged when the last fifth of its epochs removed at most "

@@ -397,6 +397,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
     unconverged = [r for r in convergence.to_dict(orient="records") if r["converged"] < r["runs"] - r["diverged"]]
     diverged = int(ok["diverged"].astype(bool).sum())
     caveats = [
+        stats.ceiling_summary(checks),
         f"{failed} run(s) failed and are left out; {diverged} diverged and count at chance "
         "accuracy (90 % error).",
         "Convergence (`stats.plateau` of the training loss, threshold "

@@ -330,6 +330,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "differ only in inference). " + note
     )
     caveats = [
+        stats.ceiling_summary(checks),
         "Per-step BN updates each step's moving statistics once per batch, shared BN its "
         "single set once per step of every sequence, so per-step estimates need more "
         "training steps to converge (momentum 0.99): in a short run (the quick profile) "

@@ -497,6 +497,7 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "batch-mates, alone and across modes. " + note
     )
     caveats = [
+        stats.ceiling_summary(checks),
         "The running statistics are debiased (the weight momentum**step that the moving "
         "averages still give their initial values 0 and 1 is removed, as in Adam): the "
         "first layers' batch variances are far below 1, and without it the measure showed "

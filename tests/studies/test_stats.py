@@ -191,3 +191,11 @@ def test_paired_differences_match_seeds():
     a = pandas.DataFrame({"seed": [0, 1, 2], "err": [5.0, 6.0, 7.0]})
     b = pandas.DataFrame({"seed": [2, 0, 1], "err": [6.0, 4.0, 5.0]})
     assert stats.paired_differences(a, b, "err").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_ceiling_summary_names_the_checks_the_ceiling_or_floor_blocked():
+    free = stats.Check(name="a", effect=Estimate(5.0, 4.0, 6.0, 8), threshold=3.0, kind="at_least", why="x")
+    capped = stats.Check(name="b", effect=Estimate(0.1, -0.2, 0.4, 8), threshold=3.0, kind="at_least", why="x",
+                         blockers=(stats.ceiling_blocker(99.6, 99.5, 10.0, "b"),))
+    assert stats.ceiling_summary([free]).endswith("none of the 1 checks was.")
+    assert stats.ceiling_summary([free, capped]).endswith("1 of 2 were: b.")
