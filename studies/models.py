@@ -480,6 +480,27 @@ def build_stacked_model(
     return keras.Model(inputs, outputs, name=f"stacked_{kind}_{norm}_{members}")
 
 
+def _member_weights(stacked, member_models):
+    """Yields, for each weight of `stacked` in order, ``(weight, kind, variables)``: its
+    layout (``"kernel"``: one slice per member on a leading axis; ``"scalar"``: shared;
+    ``"channels"``: the members' blocks along the last axis) and the members' variables of
+    the same layer and name."""
+    import numpy as np
+
+    for layer in stacked.layers:
+        if not layer.weights:
+            continue
+        members = [m.get_layer(layer.name) for m in member_models]
+        for weight in layer.weights:
+            name = weight.path.rsplit("/", 1)[-1]
+            variables = [next(w for w in m.weights if w.path.rsplit("/", 1)[-1] == name) for m in members]
+            if isinstance(layer, (StackedDense, StackedConv)) and name == "kernel":
+                kind = "kernel"
+            else:
+                kind = "scalar" if not np.ndim(variables[0]) else "channels"
+            yield weight, kind, variables
+
+
 def stack_member_weights(stacked, member_models):
     """The values of `stacked`'s weights (`build_stacked_model`) holding each of
     `member_models` (`build_model` models of the same architecture) as its member k.
@@ -490,22 +511,15 @@ def stack_member_weights(stacked, member_models):
     import numpy as np
 
     values = []
-    for layer in stacked.layers:
-        if not layer.weights:
-            continue
-        sources = [m.get_layer(layer.name) for m in member_models]
-        for weight in layer.weights:
-            name = weight.path.rsplit("/", 1)[-1]
-            parts = [next(w for w in s.weights if w.path.rsplit("/", 1)[-1] == name).numpy() for s in sources]
-            if isinstance(layer, (StackedDense, StackedConv)) and name == "kernel":
-                value = np.stack([p.reshape(weight.shape[1:]) for p in parts])
-            elif not np.ndim(parts[0]):
-                value = parts[0]
-            else:
-                value = np.concatenate(parts, axis=-1)
-            if tuple(value.shape) != tuple(weight.shape):
-                raise ValueError(f"{weight.path}: members give shape {value.shape}, the stacked model {weight.shape}")
-            values.append(value)
+    for weight, kind, variables in _member_weights(stacked, member_models):
+        parts = [v.numpy() for v in variables]
+        if kind == "kernel":
+            value = np.stack([p.reshape(weight.shape[1:]) for p in parts])
+        else:
+            value = parts[0] if kind == "scalar" else np.concatenate(parts, axis=-1)
+        if tuple(value.shape) != tuple(weight.shape):
+            raise ValueError(f"{weight.path}: members give shape {value.shape}, the stacked model {weight.shape}")
+        values.append(value)
     return values
 
 
@@ -515,19 +529,11 @@ def unstack_member_weights(stacked, member_models):
     import numpy as np
 
     k = len(member_models)
-    for layer in stacked.layers:
-        if not layer.weights:
-            continue
-        targets = [m.get_layer(layer.name) for m in member_models]
-        for weight in layer.weights:
-            name = weight.path.rsplit("/", 1)[-1]
-            value = weight.numpy()
-            if isinstance(layer, (StackedDense, StackedConv)) and name == "kernel":
-                parts = list(value)
-            elif not np.ndim(value):
-                parts = [value] * k
-            else:
-                parts = np.split(value, k, axis=-1)
-            for target, part in zip(targets, parts):
-                variable = next(w for w in target.weights if w.path.rsplit("/", 1)[-1] == name)
-                variable.assign(np.reshape(part, variable.shape))
+    for weight, kind, variables in _member_weights(stacked, member_models):
+        value = weight.numpy()
+        if kind == "kernel":
+            parts = list(value)
+        else:
+            parts = [value] * k if kind == "scalar" else np.split(value, k, axis=-1)
+        for variable, part in zip(variables, parts):
+            variable.assign(np.reshape(part, variable.shape))
