@@ -9,7 +9,7 @@ everything but the seed train together: seeds fall in fixed blocks of `MEMBERS`
 
 - the weights its seed's standalone build (`studies.training.build`) would start from,
   copied in (`studies.models.stack_member_weights`);
-- the data order its seed's standalone run would read (`data_order`);
+- the data order its seed's standalone run would read (`data_order`, `data_orders`);
 - its own optimizer state (SGD's momentum and Adam's moments are elementwise), its own
   dropout noise (elementwise) and its own normalization statistics (members are folded
   into the channel axis, and a channel's statistics are its member's only);
@@ -39,6 +39,7 @@ its members; ``steps`` of a diverged member counts up to its first non-finite lo
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import time
@@ -168,7 +169,7 @@ def _train_block(configs):
         keras.utils.set_random_seed(config.seed)  # as `training.prepare` before its build
         members.append(training.build(config, dataset))
     weights = models.stack_member_weights(trainer.model, members)
-    orders = np.stack([data_order(c, len(dataset.x_train), steps) for c in configs], axis=2)
+    orders = data_orders(configs, len(dataset.x_train), steps)
     if spec.learning_rates is None:
         rates = np.full(first.epochs * steps, first.learning_rate, np.float32)
     else:
@@ -225,21 +226,53 @@ def data_order(config: RunConfig, num_train: int, epoch_steps: int) -> np.ndarra
     `studies.training.fit_and_log` reads it through `keras.Model.fit` (one repeated stream
     with ``steps_per_epoch``, else a new pass per epoch with the last partial batch
     dropped; with option ``fixed_batches``, every pass in the first one's order)."""
+    pipeline, read = _order_pipeline(config, num_train, epoch_steps)
+    return read(pipeline)
+
+
+def data_orders(configs, num_train: int, epoch_steps: int) -> np.ndarray:
+    """`data_order` of each of `configs`, stacked on axis 2: ``(epochs, epoch_steps,
+    len(configs), batch_size)``."""
+    # Made one after another: a pipeline takes its seeds from TensorFlow's global seed when
+    # it is made. Read two at a time: reading one is a single long call into tf.data, which
+    # releases Python's interpreter lock.
+    pipelines = [_order_pipeline(config, num_train, epoch_steps) for config in configs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        orders = list(pool.map(lambda pipeline: pipeline[1](pipeline[0]), pipelines))
+    return np.stack(orders, axis=2)
+
+
+def _order_pipeline(config, num_train, epoch_steps):
+    """`config`'s shuffled passes over the example indices as a `tf.data` pipeline whose one
+    element holds every pass the run opens, ``(passes, num_train)``, and the function that
+    reads it into `data_order`'s array."""
     tf.random.set_seed(config.seed)
     passes = tf.data.Dataset.range(num_train)
     reshuffle = not config.option("fixed_batches", False)
-    passes = passes.shuffle(num_train, seed=config.seed, reshuffle_each_iteration=reshuffle)
+    # Batched whole, a pass is one element downstream of the shuffle: the same passes as
+    # element-wise reading, for a fraction of tf.data's per-element cost.
+    passes = passes.shuffle(num_train, seed=config.seed, reshuffle_each_iteration=reshuffle).batch(num_train)
     per_epoch = epoch_steps * config.batch_size
     if config.steps_per_epoch:
-        total = config.epochs * per_epoch
-        order = next(iter(passes.repeat().take(total).batch(total))).numpy()
+        # One repeated stream: the epochs read on across pass boundaries.
+        count = -(-config.epochs * per_epoch // num_train)
+
+        def pick(opened):
+            return opened.reshape(-1)[: config.epochs * per_epoch]
+
     else:
         # Keras's epoch iterator opens a new pass at each epoch's start and another at its
         # end (unread), and each opening reshuffles: epoch e reads pass 2e.
-        whole = passes.batch(num_train)
-        opened = [next(iter(whole)).numpy()[:per_epoch] for _ in range(2 * config.epochs - 1)]
-        order = np.stack(opened[::2])
-    return order.reshape(config.epochs, epoch_steps, config.batch_size).astype(np.int32)
+        count = 2 * config.epochs - 1
+
+        def pick(opened):
+            return opened[::2, :per_epoch]
+
+    def read(pipeline):
+        opened = next(iter(pipeline)).numpy()
+        return pick(opened).reshape(config.epochs, epoch_steps, config.batch_size).astype(np.int32)
+
+    return passes.repeat(count).batch(count), read
 
 
 _TRAINERS: collections.OrderedDict = collections.OrderedDict()

@@ -48,6 +48,45 @@ def test_members_follow_their_standalone_runs(tiny, fields):
     assert row["steps"] == alone["steps"] and row["epoch_steps"] == alone["epoch_steps"]
 
 
+def _reference_order(config, num_train, epoch_steps):
+    """What `keras.Model.fit` reads of the run's shuffled index stream, element by element:
+    one repeated stream with ``steps_per_epoch``, else a freshly opened pass per epoch (and
+    an unread one opened at each epoch's end)."""
+    import tensorflow as tf
+
+    tf.random.set_seed(config.seed)
+    reshuffle = not config.option("fixed_batches", False)
+    passes = tf.data.Dataset.range(num_train).shuffle(num_train, seed=config.seed, reshuffle_each_iteration=reshuffle)
+    per_epoch = epoch_steps * config.batch_size
+    if config.steps_per_epoch:
+        order = [int(i) for i in passes.repeat().take(config.epochs * per_epoch)]
+    else:
+        opened = [[int(i) for i in passes] for _ in range(2 * config.epochs - 1)]
+        order = [i for epoch in opened[::2] for i in epoch[:per_epoch]]
+    return np.reshape(order, (config.epochs, epoch_steps, config.batch_size))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(steps_per_epoch=7, epochs=3),  # the stream runs across pass boundaries
+        dict(epochs=3),  # a new pass per epoch, the last partial batch dropped
+        dict(epochs=2, options=(("fixed_batches", True),)),  # every pass in one order
+    ],
+)
+def test_data_orders_are_what_each_standalone_run_reads(tiny, fields):
+    configs = stacked.block(tiny(num_samples=100, batch_size=16, **fields))
+    num_train = 80
+    epoch_steps = fields.get("steps_per_epoch") or num_train // 16
+    orders = stacked.data_orders(configs, num_train, epoch_steps)
+    assert orders.shape == (configs[0].epochs, epoch_steps, stacked.MEMBERS, 16) and orders.dtype == np.int32
+    for k, config in enumerate(configs):
+        reference = _reference_order(config, num_train, epoch_steps)
+        np.testing.assert_array_equal(orders[:, :, k], reference)
+        np.testing.assert_array_equal(stacked.data_order(config, num_train, epoch_steps), reference)
+    assert not np.array_equal(orders[:, :, 0], orders[:, :, 1])  # seeds shuffle differently
+
+
 def _trainer_inputs(config, seeds, orders_from=None):
     """Weights and data orders of members with `seeds` for `config`'s block trainer."""
     dataset = training.load_dataset(config)
@@ -116,14 +155,14 @@ def test_rows_are_the_same_alone_in_a_sweep_and_in_a_reused_worker(tiny, tmp_pat
 def test_a_failed_block_is_recorded_and_the_worker_goes_on(tiny, monkeypatch):
     config = tiny(steps_per_epoch=1)
     good = stacked.run_group(stacked.block(config))
-    real = stacked.data_order
+    real = stacked.data_orders
 
-    def failing(config, *args):
-        if config.learning_rate == 0.5:
+    def failing(configs, *args):
+        if configs[0].learning_rate == 0.5:
             raise RuntimeError("no data today")
-        return real(config, *args)
+        return real(configs, *args)
 
-    monkeypatch.setattr(stacked, "data_order", failing)
+    monkeypatch.setattr(stacked, "data_orders", failing)
     failed = stacked.run_group(stacked.block(dataclasses.replace(config, learning_rate=0.5)))
     assert [r["status"] for r in failed] == ["error"] * stacked.MEMBERS
     assert "no data today" in failed[0]["error"]
