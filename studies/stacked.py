@@ -8,7 +8,7 @@ everything but the seed train together: seeds fall in fixed blocks of `MEMBERS`
 `studies.models.build_stacked_model`. Each member has
 
 - the weights its seed's standalone build (`studies.training.build`) would start from,
-  copied in (`studies.models.stack_member_weights`);
+  copied in (`member_models`, `studies.models.stack_member_weights`);
 - the data order its seed's standalone run would read (`data_order`, `data_orders`);
 - its own optimizer state (SGD's momentum and Adam's moments are elementwise), its own
   dropout noise (elementwise) and its own normalization statistics (members are folded
@@ -164,11 +164,15 @@ def _train_block(configs):
         raise ValueError(f"Stacked training needs unmasked data. Received: dataset='{first.dataset}'")
     steps = training.epoch_steps(first, dataset)
     trainer = trainer_for(first, dataset)
-    members = []
-    for config in configs:
-        keras.utils.set_random_seed(config.seed)  # as `training.prepare` before its build
-        members.append(training.build(config, dataset))
+    # The finish hook measures each member's trained model; without one, the members are
+    # needed for their initial weights only.
+    members = member_models(configs, dataset, initialized=spec.finish is not None)
     weights = models.stack_member_weights(trainer.model, members)
+    if spec.finish is None:
+        del members
+        # Keras lists uninitialized variables to initialize them when a stateless scope
+        # closes; forget these members' (and their layer names).
+        keras.backend.clear_session(free_memory=False)
     orders = data_orders(configs, len(dataset.x_train), steps)
     if spec.learning_rates is None:
         rates = np.full(first.epochs * steps, first.learning_rate, np.float32)
@@ -217,6 +221,25 @@ def _train_block(configs):
         row.update({"stack/members": k, "stack/block": block_index(config)})
         rows.append(row)
     return rows
+
+
+def member_models(configs, dataset, initialized=True) -> list:
+    """Each config's standalone model, as its run alone builds it (`training.build`, seeded
+    as `training.prepare` seeds it): the same initial weights.
+
+    With ``initialized=False`` the models' variables are left uninitialized (built in a
+    `keras.StatelessScope`): reading one gives its initializer's value, and nothing else
+    works. That is all `studies.models.stack_member_weights` needs, at about half the cost
+    of a full build, most of which is making the variables."""
+    models_ = []
+    for config in configs:
+        keras.utils.set_random_seed(config.seed)
+        if initialized:
+            models_.append(training.build(config, dataset))
+        else:
+            with keras.StatelessScope(initialize_variables=False):
+                models_.append(training.build(config, dataset))
+    return models_
 
 
 def data_order(config: RunConfig, num_train: int, epoch_steps: int) -> np.ndarray:

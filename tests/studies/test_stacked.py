@@ -209,6 +209,31 @@ def test_stacked_model_maps_member_weights_to_their_channels(tiny):
     assert np.abs(out[:, 0] - out[:, 1]).max() > 0  # the members differ
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(model="mlp", norm="batch", dropout=0.2),
+        dict(model="cnn1d", norm="frn", widths=(4, 4)),
+        dict(model="cnn2d", norm="group", dataset="digits", num_samples=None, widths=(8, 8)),
+    ],
+)
+def test_uninitialized_members_give_the_initial_weights_of_full_builds(tiny, fields):
+    import keras
+    from keras.src.backend.common import global_state
+
+    configs = stacked.block(tiny(**fields))
+    dataset = training.load_dataset(configs[0])
+    trainer = stacked.trainer_for(configs[0], dataset)
+    built = models.stack_member_weights(trainer.model, stacked.member_models(configs, dataset))
+    light = models.stack_member_weights(trainer.model, stacked.member_models(configs, dataset, initialized=False))
+    for full, fast in zip(built, light, strict=True):
+        np.testing.assert_array_equal(fast, full)
+    # a block leaves no uninitialized variable for Keras to initialize later
+    assert stacked.run_group(configs)[0]["status"] == "ok"
+    assert not global_state.get_global_attribute("uninitialized_variables")
+    keras.layers.Dense(2).build((None, 3))  # and plain Keras works on
+
+
 def test_a_task_with_a_schedule_and_a_finish_hook_stacks_to_its_standalone_row():
     """C4's task: warm-up and cosine learning rates per step, batch renorm with its limits'
     warm-up (a ``model.*`` option stacked models take), and a measurement of each member's
