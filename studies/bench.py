@@ -40,8 +40,13 @@ TARGET_BN_CONV_TRAIN = 0.6
 #: or up to the largest difference between two copies of the same Keras layer timed the
 #: same way in the same run (`noise_band`), when that is larger.
 NOISE_RATIO = 1.05
-#: Each timing sample lasts at least this long (several calls of a fast case).
+#: Each timing sample lasts at least this long (several calls of a fast case); `--tiny`,
+#: a functional check, takes one call per sample.
 MIN_SAMPLE_S = 0.05
+
+
+def _min_sample_s(tiny):
+    return 0.0 if tiny else MIN_SAMPLE_S
 
 
 def time_alternating(functions, repeats, warmup=2, min_sample_s=0.0):
@@ -168,7 +173,7 @@ def bench_layers(shapes, repeats, processes=1, tiny=False):
     out its own functions), which alternating within a process cannot cancel.
     """
     if processes == 1:
-        rows = measure_layers(shapes, repeats)
+        rows = measure_layers(shapes, repeats, _min_sample_s(tiny))
     else:
         runs = []
         for _ in range(processes):
@@ -208,7 +213,7 @@ def judge(rows):
     return rows
 
 
-def measure_layers(shapes, repeats):
+def measure_layers(shapes, repeats, min_sample_s=MIN_SAMPLE_S):
     """Unjudged rows of one process. Each case also times a second copy of the Keras
     layer (`keras_vs_keras`), the A/A control of `noise_band`."""
     import tensorflow as tf
@@ -217,12 +222,12 @@ def measure_layers(shapes, repeats):
     for shape_name, shape in shapes.items():
         x = tf.random.stateless_normal(shape, seed=(1, 2))
         for xla in (False, True):
-            floor = time_alternating({"floor": _floor(x, xla)}, repeats, min_sample_s=MIN_SAMPLE_S)["floor"]
+            floor = time_alternating({"floor": _floor(x, xla)}, repeats, min_sample_s=min_sample_s)["floor"]
             for layer_name in LAYERS:
                 for train in (False, True):
                     pair = _layer_pair(layer_name, shape, control=True)
                     fns = {k: _step(layer, x, train, xla) for k, layer in pair.items()}
-                    times = time_alternating(fns, repeats, min_sample_s=MIN_SAMPLE_S)
+                    times = time_alternating(fns, repeats, min_sample_s=min_sample_s)
                     ratio = median_ratio(times["kerasnorm"], times["keras"])
                     rows.append(
                         {
@@ -241,7 +246,7 @@ def measure_layers(shapes, repeats):
     return rows
 
 
-def bench_folding(shapes, repeats):
+def bench_folding(shapes, repeats, min_sample_s=MIN_SAMPLE_S):
     """Conv2D/Dense + BN at inference: Keras's BN, kerasnorm's BN, and BN folded away."""
     import keras
     import tensorflow as tf
@@ -262,7 +267,7 @@ def bench_folding(shapes, repeats):
         models["folded"] = kerasnorm.fold_batch_norm(models["kerasnorm"])
         for xla in (False, True):
             fns = {name: tf.function(lambda m=m: m(x, training=False), jit_compile=xla) for name, m in models.items()}
-            times = time_alternating(fns, repeats, min_sample_s=MIN_SAMPLE_S)
+            times = time_alternating(fns, repeats, min_sample_s=min_sample_s)
             rows.append(
                 {
                     "block": f"{block_name} + BN",
@@ -482,7 +487,7 @@ DESCRIPTION = (
     "Median time of one call and the median of pairwise time ratios (kerasnorm / Keras), "
     "alternating the two in one process, each sample at least "
     f"{int(MIN_SAMPLE_S * 1000)} ms long (consecutive calls of a fast case, time per call "
-    "reported); `floor_ms` is one elementwise pass over the same tensor. The cases run in "
+    "reported; one call with `--tiny`, a functional check); `floor_ms` is one elementwise pass over the same tensor. The cases run in "
     "{processes} process(es), one after another; every number of the table is the "
     "median over them (`ratio_per_process` in bench.json keeps each). Each case also "
     "times a second copy of the Keras layer, alternating with the other two: "
@@ -499,7 +504,7 @@ DESCRIPTION = (
 def run(shapes, repeats, executor="ray", tiny=False, processes=1):
     """Runs the three benchmarks; returns the JSON-ready result."""
     layer_rows = bench_layers(shapes, repeats, processes, tiny)
-    folding_rows = bench_folding(shapes, repeats)
+    folding_rows = bench_folding(shapes, repeats, _min_sample_s(tiny))
     throughput_rows = bench_throughput(executor, tiny)
     return {
         "description": DESCRIPTION.format(processes=processes),
@@ -577,7 +582,7 @@ def main(argv=None):
         parser.error(f"--engine-repeats must be at least 1, not {args.engine_repeats}")
     shapes = TINY_SHAPES if args.tiny else SHAPES
     if args.layers_only:  # one process of `bench_layers`
-        args.layers_only.write_text(json.dumps(measure_layers(shapes, args.repeats)))
+        args.layers_only.write_text(json.dumps(measure_layers(shapes, args.repeats, _min_sample_s(args.tiny))))
         return 0
     engine = {"description": ENGINE_DESCRIPTION, "table": bench_engine(args.tiny, args.engine_repeats)}
     if args.engine_only:
