@@ -1,9 +1,21 @@
 """The comparison study: configs -> runs -> result rows -> report.
 
-Modules: `studies.data` (offline datasets), `studies.models` (model builders),
-`studies.training` (one run: `RunConfig` -> row, the task registry), `studies.sweep` (grids,
-executors, the resumable results store), `studies.claims` (one module per claim C1..C9),
-and the command line ``python -m studies``.
+Four places, and data flows one way, downward:
+
+- `studies.engine`: configs in, rows out. `config` (`RunConfig`, grids), `tasks` (the task
+  registry), `data` and `real_data` (offline datasets), `models` (model builders),
+  `training` (a run alone), `stacked` (seeds trained as the members of one model, with
+  their layers and weight mapping), `worker` (`run_group`, the one seam from a group of
+  configs to rows), `sweep` (the executors) and `store` (the results store and its atomic
+  writer). The engine knows no claim.
+- `studies.claims`: one module per claim; its grid, task and analysis. Claims depend on the
+  engine and on `studies.report.stats` and `studies.report.plots`, never on each other.
+- `studies.report`: the report from stored rows (`render`), with the statistics (`stats`)
+  and the plots (`plots`); it never trains.
+- `studies.bench`: the layer and engine benchmarks.
+
+`studies.plan` (the sequential seed plans) and the command line (``python -m studies``)
+sit on top: they register the claims' tasks and dispatch runs.
 """
 
 import os

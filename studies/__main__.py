@@ -13,7 +13,6 @@ Exit status: 0 on success (runs that failed are recorded results, counted in the
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -42,7 +41,7 @@ def _profile(text):
 
 
 def _executor(text):
-    from studies import sweep
+    from studies.engine import sweep
 
     if text not in sweep.EXECUTORS:
         raise argparse.ArgumentTypeError(f"unknown executor '{text}'; known: {', '.join(sweep.EXECUTORS)}")
@@ -131,26 +130,24 @@ def _check_readable(parser, path, what, must_exist):
         parser.error(f"cannot read {what} '{path}'")
 
 
-def _optional_module(name, parser):
-    """Module `name` (written by another part of the project), or exit 2 saying it is missing."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name != name:
-            raise
-        print(f"{name} is not available yet in this checkout: nothing to do.", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def _run(args, parser):
-    from studies import plan, sweep
+    from studies import claims, plan
+    from studies.engine import sweep
+    from studies.engine.store import ResultsStore
 
     _check_writable(parser, args.results, "results folder")
-    store = sweep.ResultsStore(args.results)
+    store = ResultsStore(args.results)
     start = time.monotonic()
 
     def run_configs(configs):
-        return sweep.run_sweep(configs, store, executor=args.executor, jobs=args.jobs, retry_errors=args.retry_errors)
+        return sweep.run_sweep(
+            configs,
+            store,
+            executor=args.executor,
+            jobs=args.jobs,
+            retry_errors=args.retry_errors,
+            setup=claims.register_tasks,
+        )
 
     try:  # the grids, then more seeds where a claim's sequential seed plan asks for them
         if args.seeds is None:
@@ -176,11 +173,12 @@ def _run(args, parser):
 
 def _planned_configs(args, claim_ids=None) -> list:
     """The configs of the selected claims (or `claim_ids`), with ``--seeds`` applied."""
-    from studies import claims, sweep
+    from studies import claims
+    from studies.engine.config import reseed
 
     planned = claims.plan(claim_ids or args.claims, args.profile)
     configs = [c for claim_configs in planned.values() for c in claim_configs]
-    return configs if args.seeds is None else sweep.reseed(configs, args.seeds)
+    return configs if args.seeds is None else reseed(configs, args.seeds)
 
 
 def _record_seeds(store, args):
@@ -228,10 +226,11 @@ def _write_manifest(store, args, summary, wall_s):
 
 
 def _list(args, parser):
-    from studies import claims, sweep
+    from studies import claims
+    from studies.engine.store import ResultsStore
 
     _check_readable(parser, args.results, "results folder", must_exist=False)
-    store = sweep.ResultsStore(args.results)
+    store = ResultsStore(args.results)
     total_done = total = 0
     for claim_id in args.claims:
         configs = _planned_configs(args, [claim_id])
@@ -248,13 +247,15 @@ def _list(args, parser):
 def _report(args, parser):
     _check_readable(parser, args.results, "results folder", must_exist=True)
     _check_writable(parser, args.out, "report folder")
-    report = _optional_module("studies.report", parser)
-    report.write_report(args.results, args.out)
+    from studies.report import render
+
+    render.write_report(args.results, args.out)
     return 0
 
 
 def _bench(args, parser):
-    bench = _optional_module("studies.bench", parser)
+    from studies import bench
+
     result = bench.main(args.bench_args)
     return int(result or 0)
 

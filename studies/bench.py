@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 
-
 #: (batch, ...) shapes of issue 6; `--tiny` swaps in small ones for tests.
 SHAPES = {"conv": (128, 32, 32, 64), "dense": (256, 512), "sequence": (64, 128, 256)}
 TINY_SHAPES = {"conv": (4, 4, 4, 8), "dense": (8, 16), "sequence": (2, 4, 8)}
@@ -289,8 +288,7 @@ TARGET_SPEEDUP_2_WORKERS = 1.7
 def throughput_configs(tiny):
     """A small sweep of typical study runs: MLP and 1-D CNN on MNIST-1D with BN and LN,
     sized like the full profile's average run (about 3 s of one core)."""
-    from studies.sweep import grid
-    from studies.training import RunConfig
+    from studies.engine.config import RunConfig, grid
 
     base = RunConfig(claim="bench", num_samples=500 if tiny else 4000, epochs=1 if tiny else 4)
     seeds = [0] if tiny else list(range(6))
@@ -309,9 +307,10 @@ def steady_rate(arrivals, workers):
 def bench_throughput(executor, tiny):
     """Runs per minute of `throughput_configs` with 1 and 2 workers (fresh stores): over
     the whole wall time, and in the steady state (`steady_rate`)."""
-    from studies import sweep
+    from studies.engine import sweep
+    from studies.engine.store import ResultsStore
 
-    class TimedStore(sweep.ResultsStore):
+    class TimedStore(ResultsStore):
         """Notes when each row arrives."""
 
         def __init__(self, root):
@@ -358,9 +357,8 @@ def engine_configs(model, tiny):
     """The 8 seeds of one study arm: the study's MLP as C1 runs it (3x100, BN, SGD with
     momentum, batch 32, 25 evaluations every 50 steps: 1250 steps) or the 1-D CNN as C7
     does (BN, 4000 samples, 8 epochs); `tiny`: a few steps of small ones."""
-    from studies import stacked
-    from studies.sweep import grid
-    from studies.training import RunConfig
+    from studies.engine import stacked
+    from studies.engine.config import RunConfig, grid
 
     if model == "mlp":
         base = RunConfig(claim="bench", model="mlp", norm="batch", widths=(100, 100, 100), learning_rate=0.1,
@@ -378,7 +376,7 @@ def plain_keras_loop(configs):
     Returns ``(wall_s, train_s)``, `train_s` being `fit`'s time less its evaluations."""
     import keras
 
-    from studies import training
+    from studies.engine import training
 
     class EvalTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -416,17 +414,18 @@ def plain_keras_loop(configs):
 
 
 def engine_sweep(configs):
-    """The same seeds through `studies.sweep.run_sweep` (one worker, in this process, a
+    """The same seeds through `studies.engine.sweep.run_sweep` (one worker, in this process, a
     fresh store, no compiled model kept from before). Returns ``(wall_s, train_s)``, the
     training time summed over the rows."""
-    from studies import stacked, sweep
+    from studies.engine import stacked, sweep
+    from studies.engine.store import ResultsStore, load_rows
 
     stacked._TRAINERS.clear()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        sweep.run_sweep(configs, sweep.ResultsStore(tmp), progress_stream=open(os.devnull, "w"))
+        sweep.run_sweep(configs, ResultsStore(tmp), progress_stream=open(os.devnull, "w"))
         wall_s = time.perf_counter() - start
-        rows = sweep.load_rows(tmp)
+        rows = load_rows(tmp)
     if set(rows["status"]) != {"ok"}:
         raise RuntimeError(f"the engine's bench sweep failed: {rows['error'].dropna().iloc[0]}")
     return wall_s, float(rows["time/train_s"].sum())
@@ -467,7 +466,7 @@ def bench_engine(tiny, repeats):
 
 
 ENGINE_DESCRIPTION = (
-    "The study engine (`studies.sweep.run_sweep`, one worker: the 8 seeds train as the members "
+    "The study engine (`studies.engine.sweep.run_sweep`, one worker: the 8 seeds train as the members "
     "of one stacked model) against a plain Keras loop over the same 8 seeds (per seed: clean "
     "session, build, compile, `fit` with the test set evaluated after each epoch), alternating "
     "the two; medians over the repeats of the wall times, of the ratio engine / plain, and of "
@@ -526,7 +525,7 @@ def figures(bench, out_dir):
     """Draws the ratio per case from a stored bench result; returns the written paths."""
     import pandas
 
-    from studies import plots
+    from studies.report import plots
 
     table = pandas.DataFrame(bench["table"])
     table["case"] = table["shape"] + " " + table["mode"].str.split().str[0]
@@ -549,12 +548,9 @@ def figures(bench, out_dir):
 
 def write(result, results_dir):
     """Writes `bench.json` atomically under `results_dir`."""
-    results_dir = pathlib.Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = results_dir / ".bench.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, results_dir / "bench.json")
-    return results_dir / "bench.json"
+    from studies.engine.store import write_text
+
+    return write_text(pathlib.Path(results_dir) / "bench.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
 
 
 def main(argv=None):

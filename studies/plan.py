@@ -1,8 +1,8 @@
 """The sequential seed plan: a claim whose decisive checks stay undecided for want of
-precision gets more seeds, in blocks, up to the cap its `studies.stats.SeedPlan` declares.
+precision gets more seeds, in blocks, up to the cap its `studies.report.stats.SeedPlan` declares.
 
 `run_planned` runs the profile's grids, analyzes each claim, extends the seeds of the claims
-`studies.stats.more_seeds_needed` names and repeats until none does (full profile only). The seeds it added are
+`studies.report.stats.more_seeds_needed` names and repeats until none does (full profile only). The seeds it added are
 stored beside the results (`SEEDS`, per profile), so that `studies.report` plans the same
 runs from the results directory alone.
 """
@@ -14,7 +14,8 @@ import json
 import pathlib
 
 from studies import claims as claims_registry
-from studies import stats, sweep
+from studies.engine.store import ResultsStore, load_rows, write_text
+from studies.report import stats
 
 #: {"profile": ..., "seeds": {claim id: seeds per arm}} of the claims the plan extended.
 SEEDS = "seeds.json"
@@ -53,11 +54,8 @@ def read_seeds(results_dir, profile) -> dict:
 
 
 def write_seeds(results_dir, profile, seeds: dict):
-    path = pathlib.Path(results_dir) / SEEDS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"profile": profile, "seeds": dict(sorted(seeds.items()))}, indent=1) + "\n")
-    tmp.replace(path)
+    text = json.dumps({"profile": profile, "seeds": dict(sorted(seeds.items()))}, indent=1) + "\n"
+    write_text(pathlib.Path(results_dir) / SEEDS, text)
 
 
 def next_seeds(planned: dict, rows) -> dict:
@@ -84,11 +82,11 @@ def next_seeds(planned: dict, rows) -> dict:
 SEQUENTIAL_PROFILES = ("full",)
 
 
-def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs, sequential=True):
+def run_planned(claim_ids, profile, store: ResultsStore, run_configs, sequential=True):
     """Runs `claim_ids` at `profile`, with their sequential seed plans where the profile
     follows them (`SEQUENTIAL_PROFILES`) and `sequential` is true; otherwise the grids with
     the seeds the plan stored before (a study resumes where its plan stood). Returns ``(summary, seeds)``: one
-    `studies.sweep.SweepSummary` over all rounds (``planned``: the runs of the final plan,
+    `studies.engine.sweep.SweepSummary` over all rounds (``planned``: the runs of the final plan,
     ``skipped``: those already done before the first round) and {claim: seeds per arm} of the
     claims the plan extended.
 
@@ -111,7 +109,7 @@ def run_planned(claim_ids, profile, store: sweep.ResultsStore, run_configs, sequ
             total = dataclasses.replace(total, planned=summary.planned, ok=total.ok + summary.ok,
                                         errors=total.errors + summary.errors)
         follows = sequential and profile in SEQUENTIAL_PROFILES
-        grow = next_seeds(planned, sweep.load_rows(store.root)) if follows else {}
+        grow = next_seeds(planned, load_rows(store.root)) if follows else {}
         if not grow:
             return total, seeds
         seeds = {**seeds, **grow}

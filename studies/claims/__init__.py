@@ -1,4 +1,4 @@
-"""The claims C1..C9 (and C4b) of CLAIMS.md and the interface their modules provide.
+"""The study's claims (``CLAIM_IDS``) and the interface their modules provide.
 
 Each claim lives in its own module (``MODULES``), which defines:
 
@@ -12,7 +12,9 @@ Each claim lives in its own module (``MODULES``), which defines:
 - ``figures(analysis, out_dir) -> list[pathlib.Path]``: the files it wrote.
 
 A claim that measures something other than training curves registers its own task with
-`studies.training.register_task` at import; its configs name that task.
+`studies.engine.tasks.register_task` at import; its configs name that task.
+`register_tasks` imports every claim module, so that their tasks are known: the command
+line passes it to the sweep, which runs it in every worker process.
 """
 
 from __future__ import annotations
@@ -82,6 +84,13 @@ def load(claim_id: str) -> ModuleType:
     if getattr(module, "CLAIM_ID", None) != claim_id:
         raise ValueError(f"{module.__name__} declares CLAIM_ID={getattr(module, 'CLAIM_ID', None)!r}, not {claim_id!r}")
     return module
+
+
+def register_tasks() -> None:
+    """Imports every claim's module, registering their tasks (`studies.engine.tasks`). A
+    module-level function, so that a sweep's spawned and Ray workers can run it too."""
+    for claim_id in CLAIM_IDS:
+        load(claim_id)
 
 
 def plan(claim_ids, profile: str) -> dict[str, list]:

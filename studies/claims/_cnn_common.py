@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pandas
 
-from studies import stats, training
 from studies.claims import _mlp_common
+from studies.engine import tasks, training
+from studies.report import stats
 
 #: Accuracy of a model that always predicts one class of ten (balanced test sets).
 CHANCE_ACCURACY = 0.1
@@ -53,7 +54,7 @@ def batch_statistics_accuracy(model, x, y, batch_size):
 
 def inference_accuracy(model, x, y):
     """Accuracy of `model` on ``(x, y)`` in inference mode, calling it eagerly in chunks of
-    `studies.training.EVAL_BATCH_SIZE` (for a model measured once, ``predict``'s tracing
+    `studies.engine.config.EVAL_BATCH_SIZE` (for a model measured once, ``predict``'s tracing
     costs ten times the call)."""
     hits = 0
     for start in range(0, len(x), training.EVAL_BATCH_SIZE):
@@ -123,9 +124,9 @@ def warmup_cosine(config, steps_per_epoch: int, warmup_epochs: float) -> np.ndar
     return np.where(step < warmup, rising, falling).astype(np.float32)
 
 
-def warmup_cosine_stacking(warmup_epochs: float, finish=None, applies=None) -> training.Stacking:
+def warmup_cosine_stacking(warmup_epochs: float, finish=None, applies=None) -> tasks.Stacking:
     """How the stacked engine trains a task of `scheduled_run` with `warmup_epochs`."""
-    return training.Stacking(
+    return tasks.Stacking(
         learning_rates=lambda config, steps: warmup_cosine(config, steps, warmup_epochs),
         finish=finish,
         applies=applies,

@@ -11,8 +11,9 @@ import numpy as np
 import pandas
 
 import kerasnorm
-from studies import plots, stats, sweep, training
-from studies.training import RunConfig
+from studies.engine import training
+from studies.engine.config import RunConfig, concat, grid
+from studies.report import plots, stats
 
 
 def mlp_config(claim, **fields) -> RunConfig:
@@ -24,8 +25,8 @@ def mlp_config(claim, **fields) -> RunConfig:
 def arm_grid(base: RunConfig, arms: dict, names, seeds, options) -> list:
     """For each arm of `names` (`arms` maps a name to its RunConfig fields): `base` with
     those fields and ``options=options(name)``, times `seeds`."""
-    return sweep.concat(*(
-        sweep.grid(dataclasses.replace(base, **arms[name], options=options(name)), seed=list(seeds))
+    return concat(*(
+        grid(dataclasses.replace(base, **arms[name], options=options(name)), seed=list(seeds))
         for name in names
     ))  # fmt: skip
 
@@ -111,7 +112,7 @@ def curve_table(rows, by, column, steps_column="steps_axis", every=1):
 def interval_panel(ax, table, x, group, labels=None, order=None, colors=None, log_x=False):
     """Draws one interval line per value of `group` in `table` (columns `x`, mean, low,
     high) on `ax`, in `order`, labelled by `labels` and coloured by `colors` (names of
-    `studies.plots.COLORS`; default: the value itself)."""
+    `studies.report.plots.COLORS`; default: the value itself)."""
     order = order or sorted(table[group].unique())
     for i, name in enumerate(order):
         part = table[table[group] == name].sort_values(x)

@@ -7,11 +7,11 @@ import time
 
 import pandas
 
-from studies import training
+from studies.engine import training
 
 
 def train_keeping_model(config, prepare=training.prepare, callbacks_for=None):
-    """The engine's default task (`studies.training.train`), returning the trained model.
+    """The engine's default task (`studies.engine.training.train`), returning the trained model.
 
     Args:
         config: the run's `RunConfig`.

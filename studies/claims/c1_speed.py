@@ -21,10 +21,10 @@ import math
 import numpy as np
 import pandas
 
-from studies import plots, stats
 from studies.claims import _mlp_common as common
 from studies.claims import check_profile
-from studies.sweep import grid as product
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C1"
 TITLE = "BN speeds up learning"
@@ -42,7 +42,7 @@ STABLE_LR_DECADES = 0.4
 #: saved 3.3 pp (ReLU) and 27 pp (sigmoid: its target falls within a few evaluations, so the
 #: 50-step resolution is a large share), of the stable-rate difference 0 decades (every seed
 #: the same step). `seeds_needed` gives 3 seeds for ReLU and 31 for sigmoid at a half-width
-#: of 10 pp. The engine trains seeds in blocks of 8 as one stacked model (`studies.stacked`),
+#: of 10 pp. The engine trains seeds in blocks of 8 as one stacked model (`studies.engine.stacked`),
 #: so 8 seeds cost what 6 did; the sequential plan adds one more block of 8 (the cap is the
 #: study's time budget, not the 31 sigmoid would need).
 SEED_PLAN = stats.SeedPlan(

@@ -16,7 +16,7 @@ evaluates the test set four ways:
 sample's logits change when its batch-mates change, in inference mode and, as a control
 that the measurement can see a dependence, in training mode.
 
-Rule (checks on the four-way scale of `studies.stats`): decisive, per model at Keras's
+Rule (checks on the four-way scale of `studies.report.stats`): decisive, per model at Keras's
 default momentum 0.99, the EMA stands in for the population statistics when the paired
 difference (a) - (b) is within +-`TOLERANCE_PP` (an equivalence test, blocked while the model
 has not converged or both sit at the ceiling), and over all runs the inference-mode logits
@@ -32,11 +32,12 @@ import dataclasses
 import numpy as np
 import pandas
 
-from studies import plots, stats, training
 from studies.claims import _cnn_common as common
 from studies.claims import check_profile
-from studies.sweep import concat, grid as product
-from studies.training import RunConfig
+from studies.engine import tasks, training
+from studies.engine.config import RunConfig, concat
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C2"
 TITLE = "At test time BN uses exponential moving averages of mu and sigma"
@@ -139,7 +140,7 @@ def _measure(config, dataset, model, row):
     row["c2/accuracy_population"] = common.inference_accuracy(model, x, y)
 
 
-@training.register_task("c2_inference_statistics", stackable=training.Stacking(finish=_measure))
+@tasks.register_task("c2_inference_statistics", stackable=tasks.Stacking(finish=_measure))
 def inference_statistics(config: RunConfig) -> dict:
     """Trains a BN model as the default task does, then `_measure`. The sweep trains these
     runs stacked, by blocks of seeds, to the same rows."""

@@ -30,7 +30,7 @@ error (about 50 %) is 1 pp.
 The runs use the task ``c3_overfit``, which trains on the first `TRAIN_SIZE` examples of the
 training split and, for the noise-free arm, swaps in the layer and keeps its statistics
 exact (`Recalibrate`). The sweep trains every arm but the noise-free one stacked, 8 seeds a
-block (`studies.stacked`); the noise-free arm recalibrates between compiled calls, so its
+block (`studies.engine.stacked`); the noise-free arm recalibrates between compiled calls, so its
 runs train one at a time.
 """
 
@@ -44,10 +44,11 @@ import numpy as np
 import pandas
 
 import kerasnorm
-from studies import plots, stats, sweep, training
 from studies.claims import _mlp_common as common
 from studies.claims import check_profile
-from studies.training import RunConfig
+from studies.engine import tasks, training
+from studies.engine.config import RunConfig, concat
+from studies.report import plots, stats
 
 CLAIM_ID = "C3"
 TITLE = "BN has a slight regularization effect, like dropout"
@@ -150,7 +151,7 @@ def grid(profile):
         fixed = {"fixed_batches": True} if arm in FIXED else {}
         return {"c3/arm": arm, "c3/train_size": p["train_size"], **fixed}
 
-    return sweep.concat(*(
+    return concat(*(
         common.arm_grid(base, ARMS, [arm], p["alone_seeds"] if arm == NOISE_FREE else p["seeds"], options)
         for arm in p["arms"]
     ))  # fmt: skip
@@ -208,9 +209,9 @@ def _count_examples(config, dataset, model, row):
     row["c3/recalibrate_every"] = None  # not recalibrated: only the noise-free arm is
 
 
-@training.register_task(
+@tasks.register_task(
     TASK,
-    stackable=training.Stacking(
+    stackable=tasks.Stacking(
         dataset=_train_examples,
         eval_train=True,
         finish=_count_examples,

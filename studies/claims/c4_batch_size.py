@@ -35,12 +35,12 @@ import dataclasses
 import numpy as np
 import pandas
 
-from studies import plots, stats, training
 from studies.claims import _cnn_common as common
-from studies.claims import _mlp_common
-from studies.claims import check_profile
-from studies.sweep import concat, grid as product
-from studies.training import RunConfig
+from studies.claims import _mlp_common, check_profile
+from studies.engine import tasks
+from studies.engine.config import RunConfig, concat
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C4"
 TITLE = "BN depends on the mini-batch size; too small is unstable"
@@ -130,7 +130,7 @@ def _batch_mode_accuracy(config, dataset, model, row):
     )
 
 
-@training.register_task(
+@tasks.register_task(
     "c4_batch_size", stackable=common.warmup_cosine_stacking(WARMUP_EPOCHS, finish=_batch_mode_accuracy)
 )
 def batch_size_run(config: RunConfig) -> dict:

@@ -36,12 +36,12 @@ import dataclasses
 import pandas
 
 import kerasnorm
-from studies import plots, stats, training
 from studies.claims import _cnn_common as common
-from studies.claims import _mlp_common
-from studies.claims import check_profile
-from studies.sweep import concat, grid as product
-from studies.training import EVAL_BATCH_SIZE, RunConfig
+from studies.claims import _mlp_common, check_profile
+from studies.engine import tasks
+from studies.engine.config import EVAL_BATCH_SIZE, RunConfig, concat
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C4b"
 TITLE = "(beyond the note) which small-batch remedy for batch norm actually works"
@@ -182,7 +182,7 @@ def _measure(config, dataset, model, row):
             row[POST_HOC["recalibrated_weighed"]] = _accuracy(model, dataset)
 
 
-@training.register_task(
+@tasks.register_task(
     "c4b_small_batch",
     # The frozen arm freezes BN mid-run through a callback: it trains as written.
     stackable=common.warmup_cosine_stacking(

@@ -1,8 +1,8 @@
 """C5: batch norm does not suit recurrent networks, whose input length varies.
 
-An LSTM with the norm inside the recurrence (`studies.models`: Keras's `LSTMCell`,
+An LSTM with the norm inside the recurrence (`studies.engine.models`: Keras's `LSTMCell`,
 kerasnorm's `BatchNormLSTMCell` with per-step or shared statistics, `LayerNormLSTMCell`)
-is trained on the keyed sequence task (`studies.data.sequences` with ``rule="keyed"``: the
+is trained on the keyed sequence task (`studies.engine.data.sequences` with ``rule="keyed"``: the
 first token names one of two marker groups, the label is that group's most frequent
 marker, every token blurred by Gaussian noise), padded and masked, on lengths up to T and
 tested on lengths up to 4T. The task ``c5_length_buckets`` trains as the engine does and
@@ -24,10 +24,12 @@ import dataclasses
 import numpy as np
 import pandas
 
-from studies import plots, stats, sweep, training
 from studies.claims import check_profile
 from studies.claims._sequence_common import train_keeping_model, usable_rows
-from studies.training import RunConfig
+from studies.engine import tasks, training
+from studies.engine.config import RunConfig, concat
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C5"
 TITLE = "BN is not suitable for RNNs because the input size varies"
@@ -130,8 +132,8 @@ def grid(profile) -> list[RunConfig]:
     runs = []
     for label in arms:
         norm, options = ARMS[label]
-        runs.append(sweep.grid(base, norm=[norm], options=[{**data_options, **options}], seed=list(p["seeds"])))
-    return sweep.concat(*runs)
+        runs.append(product(base, norm=[norm], options=[{**data_options, **options}], seed=list(p["seeds"])))
+    return concat(*runs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def accuracy_by_length(correct, lengths) -> dict:
     return row
 
 
-@training.register_task(TASK)
+@tasks.register_task(TASK)
 def length_buckets_task(config: RunConfig) -> dict:
     """The engine's training run, then the test accuracy by sequence length
     (`accuracy_by_length`; NaN for a run that diverged)."""

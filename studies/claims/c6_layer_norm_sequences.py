@@ -30,10 +30,12 @@ import tensorflow as tf
 from keras import ops
 
 import kerasnorm
-from studies import models, plots, stats, sweep, training
 from studies.claims import check_profile
 from studies.claims._sequence_common import train_keeping_model, usable_rows
-from studies.training import RunConfig
+from studies.engine import models, tasks, training
+from studies.engine.config import RunConfig, concat
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C6"
 TITLE = "LN normalizes all units of a layer per sample; used in NLP"
@@ -91,7 +93,7 @@ BASE = RunConfig(
     learning_rate=0.003,
     batch_size=32,  # sequences (about 400 real tokens) or signals per batch
 )
-#: The majority task (`studies.data.sequences`: which of 4 marker tokens occurs most
+#: The majority task (`studies.engine.data.sequences`: which of 4 marker tokens occurs most
 #: often) with Gaussian noise of deviation 0.3 on every real token, and test sequences as
 #: long as the training ones (5..20 tokens): C6 compares the norms on the training
 #: distribution; longer test sequences are C5's question. Without the noise both arms sat
@@ -129,9 +131,9 @@ def grid(profile) -> list[RunConfig]:
         BASE, epochs=p["epochs"], steps_per_epoch=p["steps_per_epoch"], num_samples=p["num_samples"]
     )
     seeds = list(p["seeds"])
-    tokens = sweep.grid(base, dataset=["sequences"], options=[SEQUENCE_OPTIONS], norm=["batch", "layer"], seed=seeds)
-    cnn = sweep.grid(base, dataset=["mnist1d"], norm=["batch"], seed=seeds)
-    return sweep.concat(tokens, cnn)
+    tokens = product(base, dataset=["sequences"], options=[SEQUENCE_OPTIONS], norm=["batch", "layer"], seed=seeds)
+    cnn = product(base, dataset=["mnist1d"], norm=["batch"], seed=seeds)
+    return concat(tokens, cnn)
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ def token_model(input_shape, num_classes, norm, widths=(32, 32, 32), momentum=0.
     """A per-token classifier over padded one-hot token sequences, taking ``[x, mask]``.
 
     ``Dense`` embedding, then ``Conv1D`` layers, each ``-> norm -> relu`` (the norm as in
-    `studies.models.norm_layer`: BN over the real tokens of the batch, its mask keeping
+    `studies.engine.models.norm_layer`: BN over the real tokens of the batch, its mask keeping
     padding out of the statistics; LN over each token's features), padded positions reset
     to zero after each layer (so the convolutions see them as zero padding), then the mean
     over the real tokens and a ``Dense`` layer giving logits.
@@ -167,7 +169,7 @@ def token_model(input_shape, num_classes, norm, widths=(32, 32, 32), momentum=0.
 
 
 def _prepare(config):
-    """`studies.training.prepare` with this claim's model on the sequences, and compiled
+    """`studies.engine.training.prepare` with this claim's model on the sequences, and compiled
     to run `LOG_EVERY` steps per call (the recorder sees the last step of each)."""
     if config.dataset != "sequences":
         dataset, model = training.prepare(config)
@@ -288,7 +290,7 @@ def batch_independence(model, dataset, n=16, alone=4) -> dict:
     }
 
 
-@training.register_task(TASK)
+@tasks.register_task(TASK)
 def statistics_task(config: RunConfig) -> dict:
     """Trains (`_prepare`) with a `kerasnorm.BatchStatisticsRecorder` on the BN layers
     (every `LOG_EVERY` steps), then adds the `fluctuation` and `batch_independence`

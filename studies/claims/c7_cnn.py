@@ -15,24 +15,24 @@ Off the ceiling, converged (changed after the first full run, for those reasons 
   learns from 20 % of the images (359, stratified) and is tested on the other 1438: the
   pilot's errors were 2-6 %.
 - 8 epochs of MNIST-1D left LN, GN and no norm still falling (worst plateau of the training
-  loss 0.11, 0.08 and 0.08, above `studies.stats.PLATEAU_THRESHOLD`); 20 epochs level them
+  loss 0.11, 0.08 and 0.08, above `studies.report.stats.PLATEAU_THRESHOLD`); 20 epochs level them
   off (and LN's 3.3 pp deficit of that run shrank to 0.04 pp in the pilot).
 
 Rule (fixed before the full run): on each dataset, LN's test error minus BN's, per seed
 (the arms share seeds: initial weights of the shared layers and data order), must be at
 least `RELATIVE_GAP` of BN's error: Wu & He's LN was 1.7 pp worse than BN at 23.6 %, 7.2 %
-of BN's error. Both datasets are decisive checks (`studies.stats.verdict_from_checks`).
+of BN's error. Both datasets are decisive checks (`studies.report.stats.verdict_from_checks`).
 """
 
 from __future__ import annotations
 
 import pandas
 
-from studies import plots, stats
 from studies.claims import _cnn_common as common
 from studies.claims import check_profile
-from studies.sweep import concat, grid as product
-from studies.training import RunConfig
+from studies.engine.config import RunConfig, concat
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C7"
 TITLE = "LN is less effective in CNNs"
@@ -46,7 +46,7 @@ DIGITS_TEST_FRACTION = 0.8  # digits kept out of training: 359 train / 1438 test
 #: relative to BN's: (25.3 - 23.6) / 23.6. The effect that matters, in each dataset's units.
 RELATIVE_GAP = (25.3 - 23.6) / 23.6
 #: dataset -> (model, num_samples (80% train; None: the fixed size), epochs, data options).
-#: Cost of `full`, estimated: a block of 8 stacked seeds (`studies.stacked`) against 8
+#: Cost of `full`, estimated: a block of 8 stacked seeds (`studies.engine.stacked`) against 8
 #: unstacked runs of the MNIST-1D CNN, measured side by side at a load of 16 on 2 cores:
 #: over 3 epochs 0.31-0.43x the time per seed, though its training steps alone cost 1.8x
 #: per seed (so about 0.65x at 20 epochs, where training dominates). From the last full

@@ -7,7 +7,7 @@ by call: training (forward + backward, gradients of every trainable weight) and 
 independent repetition (its `seed`); within a run a norm's time is the median over calls
 and the LN/BN ratio the median of pairwise ratios. Intervals are over runs.
 
-Rule (checks on the four-way scale of `studies.stats`): for kerasnorm's layers and for
+Rule (checks on the four-way scale of `studies.report.stats`): for kerasnorm's layers and for
 Keras's built-ins, decisive, LN's extra time over BN (the LN/BN ratio minus 1, in %) in the
 case where it is largest is at least `MORE_PCT` ("can be more": one case suffices); secondary,
 it is at most `SLIGHTLY_PCT` there ("slightly").
@@ -19,11 +19,12 @@ import statistics
 
 import pandas
 
-from studies import plots, stats, training
 from studies.bench import median_ratio, time_alternating
 from studies.claims import check_profile
-from studies.sweep import grid as product
-from studies.training import RunConfig
+from studies.engine import tasks, training
+from studies.engine.config import RunConfig
+from studies.engine.config import grid as product
+from studies.report import plots, stats
 
 CLAIM_ID = "C8"
 TITLE = "LN can be slightly more computationally intensive"
@@ -74,7 +75,7 @@ def grid(profile):
 def _models(config):
     """{arm: model} for the config's model kind; 'batch_folded' at inference."""
     import kerasnorm
-    from studies import models
+    from studies.engine import models
 
     _, input_shape, _, norms = CASES[config.model]
     built = {}
@@ -113,7 +114,7 @@ def _callables(config, built):
     return fns
 
 
-@training.register_task("c8_timing")
+@tasks.register_task("c8_timing")
 def timing(config):
     """Times every arm of the config's model kind and mode; one row per run."""
     row = training.base_row(config)

@@ -34,10 +34,11 @@ import pandas
 import tensorflow as tf
 
 import kerasnorm
-from studies import plots, stats, training
 from studies.claims import _mlp_common as common
 from studies.claims import check_profile
-from studies.training import RunConfig
+from studies.engine import tasks, training
+from studies.engine.config import RunConfig
+from studies.report import plots, stats
 
 CLAIM_ID = "C9"
 TITLE = "BN works by reducing internal covariate shift"
@@ -99,7 +100,7 @@ MEASURES = {
 }  # fmt: skip
 TASK = "c9_covariate_shift"
 NAMES = {"none": "no norm", "batch": "batch norm", NOISY: "noisy batch norm"}
-#: Each arm's colour (a `studies.plots.COLORS` name).
+#: Each arm's colour (a `studies.report.plots.COLORS` name).
 COLORS = {"none": "none", "batch": "batch", NOISY: "batch_renorm"}
 # Table names (the report prints them; `figures` reads them back).
 SUMMARY = "Per arm: final test accuracy, percentile drift and gradient-based shift (means over the logged steps)"
@@ -230,7 +231,7 @@ class _Run:
         return float((logits.argmax(axis=1) == self.dataset.y_test).mean())
 
 
-@training.register_task(TASK)
+@tasks.register_task(TASK)
 def covariate_shift(config: RunConfig) -> dict:
     """Trains ``epochs x steps_per_epoch`` steps with the measurements of the module
     docstring at step 0 and after every ``steps_per_epoch`` steps. Columns (lists over the

@@ -10,9 +10,14 @@ import time
 
 import pytest
 
-from studies import claims, sweep
+from studies import claims
 from studies.__main__ import main
-from studies.training import RunConfig
+from studies.engine.config import RunConfig
+from studies.engine.store import load_rows
+
+# The claims' tasks, known to every test that runs a claim's config, as the command line
+# makes them known to its sweeps.
+claims.register_tasks()
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +26,7 @@ def smoke_results(tmp_path_factory):
     (through the command line, as a user runs it), every run ok."""
     results = tmp_path_factory.mktemp("smoke") / "results"
     assert main(["run", "--claims", "all", "--profile", "smoke", "--jobs", "2", "--results", str(results)]) == 0
-    rows = sweep.load_rows(results)
+    rows = load_rows(results)
     assert set(rows["claim"]) == set(claims.CLAIM_IDS)
     assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", "error"].tolist()
     return results
@@ -31,7 +36,7 @@ def smoke_rows(results, claim_id):
     """The stored rows of `claim_id`'s smoke grid (a stacked block also stores its
     members' other seeds: those are left out), one per planned run."""
     planned = {config.key() for config in claims.load(claim_id).grid("smoke")}
-    rows = sweep.load_rows(results, claims=[claim_id])
+    rows = load_rows(results, claims=[claim_id])
     rows = rows[rows["key"].isin(planned)].reset_index(drop=True)
     assert len(rows) == len(planned)
     return rows

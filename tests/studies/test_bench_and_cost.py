@@ -9,9 +9,11 @@ import numpy as np
 import pandas
 import pytest
 
-from studies import bench, sweep
+from studies import bench
 from studies.__main__ import main
 from studies.claims import c8_cost
+from studies.engine import sweep
+from studies.engine.store import ResultsStore, load_rows
 
 
 def test_bench_writes_its_table_and_figure(tmp_path):
@@ -172,10 +174,10 @@ def test_c8_figure_holds_the_plotted_numbers(tmp_path):
 
 def test_c8_smoke_grid_runs(tmp_path):
     configs = [c for c in c8_cost.grid("smoke") if c.model == "mlp"]
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     summary = sweep.run_sweep(configs, store)
     assert summary.ok == len(configs) == 2
-    rows = sweep.load_rows(tmp_path)
+    rows = load_rows(tmp_path)
     assert rows["c8/ratio/layer_over_batch"].notna().all()
     inference = rows[rows["opt/c8.mode"] == "inference"]
     assert inference["c8/batch_folded/ms"].notna().all()

@@ -9,8 +9,8 @@ import numpy as np
 import pandas
 import pytest
 
-from studies import stats
 from studies.claims import c4_batch_size as c4
+from studies.report import stats
 from tests.studies.conftest import smoke_rows
 
 CONVERGED = [2.0, 1.0, 0.6, 0.5, 0.49]  # the last fifth removed under 1 % of the decrease

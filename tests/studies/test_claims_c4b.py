@@ -8,8 +8,9 @@ import pandas
 import pytest
 
 import kerasnorm
-from studies import models, stacked, stats, training
 from studies.claims import c4b_small_batch as c4b
+from studies.engine import models, stacked, training
+from studies.report import stats
 from tests.studies.conftest import smoke_rows
 
 CONVERGED = [2.0, 1.0, 0.6, 0.5, 0.49]

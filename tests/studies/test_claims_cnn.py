@@ -9,10 +9,10 @@ import pandas
 import pytest
 
 import kerasnorm
-from studies import stats
 from studies.claims import _cnn_common as common
 from studies.claims import c2_inference_statistics as c2
 from studies.claims import c7_cnn as c7
+from studies.report import stats
 from tests.studies.conftest import smoke_rows
 
 

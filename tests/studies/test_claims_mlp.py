@@ -10,11 +10,12 @@ import pandas
 import pytest
 import tensorflow as tf
 
-from studies import data as data_module
-from studies import stacked, stats, training
 from studies.claims import c1_speed as c1
 from studies.claims import c3_regularization as c3
 from studies.claims import c9_covariate_shift as c9
+from studies.engine import data as data_module
+from studies.engine import stacked, training
+from studies.report import stats
 from tests.studies.conftest import smoke_rows
 
 SEEDS = (0, 1, 2, 3, 4)

@@ -7,10 +7,11 @@ import numpy as np
 import pandas
 import pytest
 
-from studies import claims, stats
+from studies import claims
 from studies.claims import _sequence_common as common
 from studies.claims import c5_recurrent as c5
 from studies.claims import c6_layer_norm_sequences as c6
+from studies.report import stats
 from tests.studies.conftest import smoke_rows
 
 

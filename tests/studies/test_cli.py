@@ -1,11 +1,12 @@
 import json
 import sys
-import types
 
 import pytest
 
-from studies import claims, plan, stacked
+from studies import claims, plan
 from studies.__main__ import main
+from studies.engine import stacked, worker
+from studies.engine.store import ResultsStore
 
 
 def _exit_code(argv):
@@ -22,7 +23,7 @@ def test_smoke_profile_end_to_end(tmp_path, capsys):
     stored = sorted(results.glob("C1/*.json"))
     # each planned seed's whole block of seeds ran stacked, and all of its rows are stored
     assert {p.stem for p in stored} >= {c.key() for c in planned}
-    assert len(stored) == len(stacked.plan(planned)) * stacked.MEMBERS
+    assert len(stored) == len(worker.plan(planned)) * stacked.MEMBERS
     rows = [json.loads(p.read_text()) for p in stored]
     assert all(r["status"] == "ok" for r in rows)
     manifest = json.loads((results / "manifest.json").read_text())
@@ -42,10 +43,10 @@ def test_smoke_profile_end_to_end(tmp_path, capsys):
 def test_manifest_accumulates_a_study_run_in_pieces(tmp_path):
     import argparse
 
-    from studies import sweep
     from studies.__main__ import _write_manifest
+    from studies.engine import sweep
 
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     done = sweep.SweepSummary(planned=3, skipped=0, ok=3, errors=0)
     args = lambda claims, profile="full": argparse.Namespace(  # noqa: E731
         claims=claims, profile=profile, executor="local", jobs=2, seeds=None
@@ -131,23 +132,13 @@ def test_ray_executor_without_ray_exits_2(tmp_path, monkeypatch, capsys):
 
 
 def test_report_and_bench_delegate(tmp_path, monkeypatch):
+    from studies import bench
+    from studies.report import render
+
     calls = []
-    report = types.ModuleType("studies.report")
-    report.write_report = lambda results, out: calls.append(("report", results, out))
-    bench = types.ModuleType("studies.bench")
-    bench.main = lambda args: calls.append(("bench", args))
-    monkeypatch.setitem(sys.modules, "studies.report", report)
-    monkeypatch.setitem(sys.modules, "studies.bench", bench)
+    monkeypatch.setattr(render, "write_report", lambda results, out: calls.append(("report", results, out)))
+    monkeypatch.setattr(bench, "main", lambda args: calls.append(("bench", args)))
     assert main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert main(["bench", "--quick", "-h"]) == 0
     assert calls == [("report", tmp_path, tmp_path / "out"), ("bench", ["--quick", "-h"])]
     assert _exit_code(["list", "--quick"]) == 2
-
-
-def test_missing_report_or_bench_module_exits_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "studies.report", None)
-    monkeypatch.setitem(sys.modules, "studies.bench", None)
-    assert _exit_code(["report", "--results", str(tmp_path), "--out", str(tmp_path)]) == 2
-    assert "studies.report is not available" in capsys.readouterr().err
-    assert _exit_code(["bench"]) == 2
-    assert "studies.bench is not available" in capsys.readouterr().err

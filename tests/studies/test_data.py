@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from studies import data
+from studies.engine import data
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import kerasnorm
-from studies import models
+from studies.engine import models
 
 # norm -> kerasnorm / Keras class of the layer between each linear map and its activation
 NORM_CLASSES = {

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import types
 
-from studies import plan, report, stats, sweep
-from studies.training import RunConfig
+from studies import plan
+from studies.engine import sweep
+from studies.engine.config import RunConfig
+from studies.engine.store import ResultsStore, load_rows
+from studies.report import render as report
+from studies.report import stats
 
 
 def _grid(seeds=(0, 1)):
@@ -59,12 +63,12 @@ def _patch(monkeypatch, needs):
 
 def test_run_planned_adds_blocks_until_decided(tmp_path, monkeypatch):
     _patch(monkeypatch, needs=4)
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     summary, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store))
     assert seeds == {"C1": 4} and plan.read_seeds(tmp_path, "full") == {"C1": 4}
     assert (summary.planned, summary.ok) == (8, 8)  # 2 arms x 4 seeds, each run once
     # The report plans the same runs from the results directory alone.
-    rows = sweep.load_rows(tmp_path)
+    rows = load_rows(tmp_path)
     monkeypatch.setattr(report.claims_registry, "plan", lambda ids, profile: {"C1": _grid()})
     assert len(report.planned_rows(rows, "full", plan.read_seeds(tmp_path, "full"))) == 8
     assert len(report.planned_rows(rows, "full")) == 4
@@ -72,10 +76,10 @@ def test_run_planned_adds_blocks_until_decided(tmp_path, monkeypatch):
 
 def test_run_planned_stops_at_the_cap_and_outside_the_full_profile(tmp_path, monkeypatch):
     _patch(monkeypatch, needs=100)
-    store = sweep.ResultsStore(tmp_path / "full")
+    store = ResultsStore(tmp_path / "full")
     _, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store))
     assert seeds == {"C1": 6}  # the cap
-    quick = sweep.ResultsStore(tmp_path / "quick")
+    quick = ResultsStore(tmp_path / "quick")
     summary, seeds = plan.run_planned(["C1"], "quick", quick, _fake_sweep(quick))
     assert seeds == {} and summary.planned == 4
     assert not (tmp_path / "quick" / plan.SEEDS).exists()
@@ -83,7 +87,7 @@ def test_run_planned_stops_at_the_cap_and_outside_the_full_profile(tmp_path, mon
 
 def test_run_planned_without_sequential_runs_the_grid_and_the_seeds_stored_before(tmp_path, monkeypatch):
     _patch(monkeypatch, needs=100)
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     summary, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store), sequential=False)
     assert seeds == {} and summary.planned == 4 and not (tmp_path / plan.SEEDS).exists()
     plan.write_seeds(tmp_path, "full", {"C1": 3})  # a plan that stood at 3 seeds resumes there

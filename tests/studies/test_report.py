@@ -7,13 +7,15 @@ import json
 import re
 import shutil
 
+import pandas
 import pytest
 
-import pandas
-
-from studies import claims, report, stats, sweep
+from studies import claims
 from studies.__main__ import main
-from studies.training import RunConfig
+from studies.engine.config import RunConfig
+from studies.engine.store import ResultsStore
+from studies.report import render as report
+from studies.report import stats
 
 
 def _report(results, out):
@@ -58,7 +60,7 @@ def test_report_ignores_runs_the_profile_does_not_plan(smoke_results, tmp_path):
     stray = RunConfig(claim="C7", model="cnn1d", norm="layer", num_samples=200, seed=99)
     row = {**json.loads(next((results / "C7").glob("*.json")).read_text()), "key": stray.key(), "seed": 99}
     row["final/test/accuracy"] = 0.0
-    sweep.ResultsStore(results).write(row)
+    ResultsStore(results).write(row)
     assert _report(results, tmp_path / "after") == before
 
 

@@ -8,8 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from studies import models, stacked, sweep, training
-from studies.training import RunConfig
+from studies.engine import stacked, sweep, tasks, training, worker
+from studies.engine.config import grid
+from studies.engine.store import ResultsStore
 from tests.studies.conftest import kill_after_first_result
 
 METRICS = ("train/loss", "train/accuracy", "test/loss", "test/accuracy")
@@ -34,10 +35,10 @@ def test_members_follow_their_standalone_runs(tiny, fields):
     first step's loss matches the standalone run to float32 rounding, and the short
     trajectory stays within rounding of it."""
     configs = stacked.block(tiny(**fields))
-    rows = stacked.run_group(configs)
+    rows = worker.run_group(configs)
     assert [r["seed"] for r in rows] == list(range(stacked.MEMBERS))
     seed = stacked.MEMBERS - 1  # the last member: its channels are the furthest in
-    alone = training.run(configs[seed])
+    alone = worker.run_one(configs[seed])
     row = rows[seed]
     assert row["status"] == "ok" and row["stack/members"] == stacked.MEMBERS
     assert set(alone) <= set(row)  # every column a standalone row has
@@ -95,7 +96,7 @@ def _trainer_inputs(config, seeds, orders_from=None):
     for seed in seeds:
         training.configure_determinism(seed)
         members.append(training.build(dataclasses.replace(config, seed=seed), dataset))
-    weights = models.stack_member_weights(trainer.model, members)
+    weights = stacked.stack_member_weights(trainer.model, members)
     steps = training.epoch_steps(config, dataset)
     orders = np.stack(
         [stacked.data_order(dataclasses.replace(config, seed=s), len(dataset.x_train), steps) for s in orders_from or seeds],
@@ -134,27 +135,27 @@ def test_changing_one_member_leaves_the_others_bit_identical(tiny, fields):
 
 def test_rows_are_the_same_alone_in_a_sweep_and_in_a_reused_worker(tiny, tmp_path):
     config = tiny(seed=3, steps_per_epoch=2, epochs=2)
-    first = stacked.run_group(stacked.block(config))
+    first = worker.run_group(stacked.block(config))
     trainer = stacked.trainer_for(config, training.load_dataset(config))
     traces = trainer.traces
     # another architecture and an unstacked run (which clears Keras's session) in between,
     # then another learning rate of this one
-    stacked.run_group(stacked.block(tiny(norm="layer", steps_per_epoch=1)))
-    assert training.run(tiny(norm="rms", steps_per_epoch=1))["status"] == "ok"
-    stacked.run_group(stacked.block(dataclasses.replace(config, learning_rate=0.2)))
-    again = stacked.run_group(stacked.block(config))
+    worker.run_group(stacked.block(tiny(norm="layer", steps_per_epoch=1)))
+    assert worker.run_one(tiny(norm="rms", steps_per_epoch=1))["status"] == "ok"
+    worker.run_group(stacked.block(dataclasses.replace(config, learning_rate=0.2)))
+    again = worker.run_group(stacked.block(config))
     assert trainer.traces == traces  # reused, never retraced
     assert [_metrics(r) for r in again] == [_metrics(r) for r in first]
     # one config in a sweep trains and stores its whole block, with the same numbers
-    summary = sweep.run_sweep([config], sweep.ResultsStore(tmp_path), progress_stream=io.StringIO())
+    summary = sweep.run_sweep([config], ResultsStore(tmp_path), progress_stream=io.StringIO())
     assert (summary.ok, summary.extra) == (1, stacked.MEMBERS - 1)
-    stored = sweep.ResultsStore(tmp_path).read(config)
+    stored = ResultsStore(tmp_path).read(config)
     assert _metrics(stored) == _metrics(first[3]) and stored["stack/block"] == 0
 
 
 def test_a_failed_block_is_recorded_and_the_worker_goes_on(tiny, monkeypatch):
     config = tiny(steps_per_epoch=1)
-    good = stacked.run_group(stacked.block(config))
+    good = worker.run_group(stacked.block(config))
     real = stacked.data_orders
 
     def failing(configs, *args):
@@ -163,18 +164,18 @@ def test_a_failed_block_is_recorded_and_the_worker_goes_on(tiny, monkeypatch):
         return real(configs, *args)
 
     monkeypatch.setattr(stacked, "data_orders", failing)
-    failed = stacked.run_group(stacked.block(dataclasses.replace(config, learning_rate=0.5)))
+    failed = worker.run_group(stacked.block(dataclasses.replace(config, learning_rate=0.5)))
     assert [r["status"] for r in failed] == ["error"] * stacked.MEMBERS
     assert "no data today" in failed[0]["error"]
-    assert [_metrics(r) for r in stacked.run_group(stacked.block(config))] == [_metrics(r) for r in good]
+    assert [_metrics(r) for r in worker.run_group(stacked.block(config))] == [_metrics(r) for r in good]
 
 
 def test_what_runs_stacked_and_how_units_are_planned(tiny, monkeypatch):
     monkeypatch.setattr(stacked, "MEMBERS", 4)
-    monkeypatch.setitem(training.TASKS, "own_task", lambda config: training.base_row(config))
-    monkeypatch.setattr(training, "STACKABLE_TASKS", dict(training.STACKABLE_TASKS))
-    monkeypatch.setitem(training.TASKS, "own_stacked_task", training.train)  # removed after the test
-    training.register_task("own_stacked_task", stackable=True)(training.train)  # a task opting in
+    monkeypatch.setitem(tasks.TASKS, "own_task", lambda config: training.base_row(config))
+    monkeypatch.setattr(tasks, "STACKABLE_TASKS", dict(tasks.STACKABLE_TASKS))
+    monkeypatch.setitem(tasks.TASKS, "own_stacked_task", training.train)  # removed after the test
+    tasks.register_task("own_stacked_task", stackable=True)(training.train)  # a task opting in
     plain = tiny()
     assert stacked.stackable(plain) and stacked.stackable(tiny(task="own_stacked_task"))
     unstackable = [
@@ -184,10 +185,10 @@ def test_what_runs_stacked_and_how_units_are_planned(tiny, monkeypatch):
         tiny(options={"model.kernel_size": 5}),
     ]
     assert not any(stacked.stackable(c) for c in unstackable)
-    configs = sweep.grid(plain, seed=[0, 2, 5], learning_rate=[0.1]) + unstackable[:1]
-    units = stacked.plan(configs)
+    configs = grid(plain, seed=[0, 2, 5], learning_rate=[0.1]) + unstackable[:1]
+    units = worker.plan(configs)
     assert sorted([c.seed for c in unit] for unit in units) == [[0], [0, 1, 2, 3], [4, 5, 6, 7]]
-    assert [r["stack/members"] for r in stacked.run_group(unstackable[:1])] == [1]
+    assert [r["stack/members"] for r in worker.run_group(unstackable[:1])] == [1]
     assert stacked.block(tiny(seed=6)) == [tiny(seed=s) for s in (4, 5, 6, 7)]
 
 
@@ -197,9 +198,9 @@ def test_stacked_model_maps_member_weights_to_their_channels(tiny):
     arguments = training.model_arguments(config, dataset)
     for name in ("cell", "masked", "max_steps"):
         arguments.pop(name)
-    stacked_model = models.build_stacked_model("cnn1d", dataset.input_shape, dataset.num_classes, "layer", 2, **arguments)
+    stacked_model = stacked.build_stacked_model("cnn1d", dataset.input_shape, dataset.num_classes, "layer", 2, **arguments)
     members = [training.build(dataclasses.replace(config, seed=s), dataset) for s in (0, 1)]
-    for variable, value in zip(stacked_model.weights, models.stack_member_weights(stacked_model, members)):
+    for variable, value in zip(stacked_model.weights, stacked.stack_member_weights(stacked_model, members)):
         variable.assign(value)
     x = dataset.x_test[:5]
     folded = np.concatenate([x, x], axis=-1)
@@ -224,12 +225,12 @@ def test_uninitialized_members_give_the_initial_weights_of_full_builds(tiny, fie
     configs = stacked.block(tiny(**fields))
     dataset = training.load_dataset(configs[0])
     trainer = stacked.trainer_for(configs[0], dataset)
-    built = models.stack_member_weights(trainer.model, stacked.member_models(configs, dataset))
-    light = models.stack_member_weights(trainer.model, stacked.member_models(configs, dataset, initialized=False))
+    built = stacked.stack_member_weights(trainer.model, stacked.member_models(configs, dataset))
+    light = stacked.stack_member_weights(trainer.model, stacked.member_models(configs, dataset, initialized=False))
     for full, fast in zip(built, light, strict=True):
         np.testing.assert_array_equal(fast, full)
     # a block leaves no uninitialized variable for Keras to initialize later
-    assert stacked.run_group(configs)[0]["status"] == "ok"
+    assert worker.run_group(configs)[0]["status"] == "ok"
     assert not global_state.get_global_attribute("uninitialized_variables")
     keras.layers.Dense(2).build((None, 3))  # and plain Keras works on
 
@@ -243,9 +244,9 @@ def test_a_task_with_a_schedule_and_a_finish_hook_stacks_to_its_standalone_row()
     full = next(c for c in c4.grid("full") if c.model == "mlp" and c.norm == "batch_renorm")
     config = dataclasses.replace(full, num_samples=200, epochs=2, widths=(16, 16), options={"model.renorm_warmup": (2, 10)})
     assert stacked.stackable(config)
-    rows = stacked.run_group(stacked.block(config))
+    rows = worker.run_group(stacked.block(config))
     seed = 6
-    alone = training.run(stacked.block(config)[seed])
+    alone = worker.run_one(stacked.block(config)[seed])
     row = rows[seed]
     assert row["status"] == "ok" and alone["status"] == "ok"
     for column in ("train/loss", "test/loss"):
@@ -255,27 +256,28 @@ def test_a_task_with_a_schedule_and_a_finish_hook_stacks_to_its_standalone_row()
 
 
 def test_a_task_can_exclude_configs_and_change_the_data(tiny, monkeypatch):
-    monkeypatch.setattr(training, "STACKABLE_TASKS", dict(training.STACKABLE_TASKS))
-    monkeypatch.setitem(training.TASKS, "half_data", training.train)
-    spec = training.Stacking(
+    monkeypatch.setattr(tasks, "STACKABLE_TASKS", dict(tasks.STACKABLE_TASKS))
+    monkeypatch.setitem(tasks.TASKS, "half_data", training.train)
+    spec = tasks.Stacking(
         dataset=lambda config, dataset: dataclasses.replace(dataset, x_train=dataset.x_train[:96], y_train=dataset.y_train[:96]),
         applies=lambda config: config.learning_rate < 1,
     )
-    training.register_task("half_data", stackable=spec)(training.train)
+    tasks.register_task("half_data", stackable=spec)(training.train)
     assert not stacked.stackable(tiny(task="half_data", learning_rate=2.0))
-    rows = stacked.run_group(stacked.block(tiny(task="half_data", steps_per_epoch=None)))
+    rows = worker.run_group(stacked.block(tiny(task="half_data", steps_per_epoch=None)))
     assert {r["epoch_steps"] for r in rows} == {96 // 32}
 
 
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from studies import sweep
-    from studies.training import RunConfig
+    from studies.engine import sweep
+    from studies.engine.config import RunConfig, grid
+    from studies.engine.store import ResultsStore
 
-    configs = sweep.grid(RunConfig(claim="K", num_samples=200, widths=(8,), epochs=3),
+    configs = grid(RunConfig(claim="K", num_samples=200, widths=(8,), epochs=3),
                          learning_rate=[0.05, 0.1, 0.2], seed=list(range(8)))
-    summary = sweep.run_sweep(configs, sweep.ResultsStore(sys.argv[1]))
+    summary = sweep.run_sweep(configs, ResultsStore(sys.argv[1]))
     print("SKIPPED", summary.skipped, "RAN", summary.ok + summary.extra)
     """
 )

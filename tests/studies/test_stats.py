@@ -10,8 +10,8 @@ import numpy as np
 import pandas
 import pytest
 
-from studies import stats
-from studies.stats import Check, Estimate, SeedPlan
+from studies.report import stats
+from studies.report.stats import Check, Estimate, SeedPlan
 
 
 def _check(low, high, threshold=3.0, kind="at_least", decisive=True, blockers=(), n=8):

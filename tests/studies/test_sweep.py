@@ -7,27 +7,28 @@ import textwrap
 
 import pytest
 
-from studies import stacked, sweep, training
-from studies.training import RunConfig
+from studies.engine import stacked, sweep, tasks, training, worker
+from studies.engine.config import RunConfig, concat, grid
+from studies.engine.store import ResultsStore, load_rows
 from tests.studies.conftest import kill_after_first_result
 
 
 def test_grid_is_the_product_of_axes_in_order():
     base = RunConfig(claim="C1")
-    configs = sweep.grid(base, norm=["none", "batch"], seed=[0, 1, 2])
+    configs = grid(base, norm=["none", "batch"], seed=[0, 1, 2])
     assert [(c.norm, c.seed) for c in configs] == [
         ("none", 0), ("none", 1), ("none", 2), ("batch", 0), ("batch", 1), ("batch", 2)
     ]
-    assert sweep.grid(base) == [base]
+    assert grid(base) == [base]
     with pytest.raises(ValueError, match="colour"):
-        sweep.grid(base, colour=["red"])
+        grid(base, colour=["red"])
 
 
 def test_concat_keeps_order_and_drops_repeats():
     base = RunConfig(claim="C1")
-    a = sweep.grid(base, seed=[0, 1])
-    b = sweep.grid(base, seed=[1, 2])
-    assert [c.seed for c in sweep.concat(a, b)] == [0, 1, 2]
+    a = grid(base, seed=[0, 1])
+    b = grid(base, seed=[1, 2])
+    assert [c.seed for c in concat(a, b)] == [0, 1, 2]
 
 
 def _row(config, status="ok", **extra):
@@ -37,7 +38,7 @@ def _row(config, status="ok", **extra):
 
 
 def test_store_writes_atomically_and_reads_back(tmp_path):
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     config = RunConfig(claim="C3", seed=4)
     assert not store.done(config) and store.status(config) is None
     path = store.write(_row(config, metric=[1.0, float("nan")]))
@@ -47,14 +48,14 @@ def test_store_writes_atomically_and_reads_back(tmp_path):
 
 
 def test_error_rows_count_as_done_unless_retried(tmp_path):
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     config = RunConfig(claim="C3")
     store.write(_row(config, status="error", error="boom"))
     assert store.done(config) and not store.done(config, retry_errors=True)
 
 
 def test_invalid_files_are_not_results(tmp_path):
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     config = RunConfig(claim="C3")
     store.path(config).parent.mkdir(parents=True)
     store.path(config).write_text('{"status": "ok", "key": "')  # damaged by hand
@@ -62,12 +63,12 @@ def test_invalid_files_are_not_results(tmp_path):
     other = RunConfig(claim="C3", seed=9)
     store.write(_row(other))
     with pytest.warns(UserWarning, match=config.key()):
-        rows = sweep.load_rows(tmp_path)
+        rows = load_rows(tmp_path)
     assert list(rows["key"]) == [other.key()]
 
 
 def test_stray_temp_files_are_ignored_and_cleaned(tmp_path):
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     config = RunConfig(claim="C3")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -76,38 +77,38 @@ def test_stray_temp_files_are_ignored_and_cleaned(tmp_path):
     stray.parent.mkdir(parents=True)
     stray.write_text("{")
     live.write_text("{")
-    assert not store.done(config) and len(sweep.load_rows(tmp_path)) == 0
+    assert not store.done(config) and len(load_rows(tmp_path)) == 0
     assert store.clean() == [stray]
     assert not stray.exists() and live.exists()  # a live writer's file is left alone
 
 
 def test_load_rows_filters_claims_and_makes_lists_tuples(tmp_path):
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     for claim in ("C1", "C2"):
         store.write(_row(RunConfig(claim=claim, widths=(4, 4)), curve=[0.1, 0.2]))
-    rows = sweep.load_rows(tmp_path, claims=["C2"])
+    rows = load_rows(tmp_path, claims=["C2"])
     assert list(rows["claim"]) == ["C2"]
     assert rows["curve"][0] == (0.1, 0.2) and rows["widths"][0] == (4, 4)
-    assert len(sweep.load_rows(tmp_path / "missing")) == 0
+    assert len(load_rows(tmp_path / "missing")) == 0
 
 
 @pytest.fixture
 def flaky_task():
     """Task ``test_flaky``: fails for seed 1, else returns its base row."""
 
-    @training.register_task("test_flaky")
+    @tasks.register_task("test_flaky")
     def flaky(config):
         if config.seed == 1:
             raise ValueError("seed 1 always fails")
         return training.base_row(config)
 
     yield
-    del training.TASKS["test_flaky"]
+    del tasks.TASKS["test_flaky"]
 
 
 def test_sweep_records_failures_goes_on_and_resumes(tmp_path, flaky_task):
-    configs = sweep.grid(RunConfig(claim="T", task="test_flaky"), seed=[0, 1, 2])
-    store = sweep.ResultsStore(tmp_path)
+    configs = grid(RunConfig(claim="T", task="test_flaky"), seed=[0, 1, 2])
+    store = ResultsStore(tmp_path)
     out = io.StringIO()
     summary = sweep.run_sweep(configs + configs[:1], store, progress_stream=out)
     assert (summary.planned, summary.skipped, summary.ok, summary.errors) == (3, 0, 2, 1)
@@ -137,15 +138,17 @@ def test_progress_rewrites_one_line_on_a_terminal():
 SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from studies import stacked, sweep, training
+    from studies.engine import sweep, tasks, training
+    from studies.engine.config import RunConfig, grid
+    from studies.engine.store import ResultsStore
 
-    @training.register_task("slow")
+    @tasks.register_task("slow")
     def slow(config):
         time.sleep(0.4)
         return training.base_row(config)
 
-    configs = sweep.grid(training.RunConfig(claim="K", task="slow"), seed=list(range(6)))
-    summary = sweep.run_sweep(configs, sweep.ResultsStore(sys.argv[1]))
+    configs = grid(RunConfig(claim="K", task="slow"), seed=list(range(6)))
+    summary = sweep.run_sweep(configs, ResultsStore(sys.argv[1]))
     print("SKIPPED", summary.skipped, "RAN", summary.ok)
     """
 )
@@ -174,7 +177,7 @@ def test_killed_sweep_resumes_without_redoing_or_corrupting(tmp_path):
 
 def _tiny_configs(claim):
     """Two learning rates x seeds 0 and 1: two stacked blocks of `stacked.MEMBERS` seeds."""
-    return sweep.grid(
+    return grid(
         RunConfig(claim=claim, num_samples=200, widths=(8,)), learning_rate=[0.05, 0.1], seed=[0, 1]
     )
 
@@ -182,19 +185,19 @@ def _tiny_configs(claim):
 def _check_block_rows(tmp_path, summary):
     members = stacked.MEMBERS
     assert (summary.ok, summary.errors, summary.extra) == (4, 0, 2 * members - 4)
-    rows = sweep.load_rows(tmp_path)
+    rows = load_rows(tmp_path)
     assert set(rows["status"]) == {"ok"} and len(rows) == 2 * members
     assert set(rows["stack/members"]) == {members}
     # a worker computes the same numbers as this process
     config = _tiny_configs("C1")[1]
-    here = stacked.run_group(stacked.block(config))[config.seed]
+    here = worker.run_group(stacked.block(config))[config.seed]
     stored = rows.set_index("key").loc[config.key()]
     assert list(stored["test/loss"]) == here["test/loss"]
 
 
 @pytest.mark.slow
 def test_local_pool_of_workers(tmp_path):
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     summary = sweep.run_sweep(_tiny_configs("C1"), store, jobs=2, progress_stream=io.StringIO())
     _check_block_rows(tmp_path, summary)
 
@@ -205,7 +208,7 @@ def test_ray_executor(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = sweep.run_sweep(
-            _tiny_configs("C1"), sweep.ResultsStore(tmp_path), executor="ray", jobs=2,
+            _tiny_configs("C1"), ResultsStore(tmp_path), executor="ray", jobs=2,
             progress_stream=io.StringIO(),
         )
     finally:
@@ -216,11 +219,11 @@ def test_ray_executor(tmp_path):
 def test_ray_missing_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RuntimeError, match=r"kerasnorm\[ray\]"):
-        sweep.run_sweep(_tiny_configs("C2"), sweep.ResultsStore(tmp_path), executor="ray")
+        sweep.run_sweep(_tiny_configs("C2"), ResultsStore(tmp_path), executor="ray")
 
 
 def test_bad_executor_and_jobs(tmp_path):
-    store = sweep.ResultsStore(tmp_path)
+    store = ResultsStore(tmp_path)
     with pytest.raises(ValueError, match="'dask'"):
         sweep.run_sweep([], store, executor="dask")
     with pytest.raises(ValueError, match="jobs=0"):

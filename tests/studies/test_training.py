@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from studies import training
-from studies.training import RunConfig
+from studies.engine import tasks, training, worker
+from studies.engine.config import RunConfig
 
 METRICS = tuple(training.EPOCH_METRICS)
 
@@ -36,7 +36,7 @@ def test_config_rejects_unknown_names_and_bad_sizes():
 
 def test_run_row_has_config_metrics_timing_and_provenance(tiny):
     config = tiny(epochs=2, options={"note": "x"})
-    row = training.run(config)
+    row = worker.run_one(config)
     assert row["status"] == "ok" and row["error"] is None
     assert row["key"] == config.key() and row["seed"] == 0 and row["opt/note"] == "x"
     for name, value in config.to_dict().items():
@@ -59,15 +59,15 @@ def test_run_row_has_config_metrics_timing_and_provenance(tiny):
 
 def test_identical_configs_give_identical_numbers(tiny):
     config = tiny(norm="keras_batch", dropout=0.2, epochs=2)
-    first, second = training.run(config), training.run(config)
+    first, second = worker.run_one(config), worker.run_one(config)
     for metric in METRICS:
         assert first[metric] == second[metric]
-    other_seed = training.run(dataclasses.replace(config, seed=1))
+    other_seed = worker.run_one(dataclasses.replace(config, seed=1))
     assert other_seed["train/loss"] != first["train/loss"]
 
 
 def test_training_learns(tiny):
-    row = training.run(
+    row = worker.run_one(
         tiny(dataset="digits", num_samples=None, widths=(32,), epochs=3, optimizer="adam", learning_rate=0.01)
     )
     assert row["train/loss"][-1] < row["train/loss"][0]
@@ -86,7 +86,7 @@ def test_the_throwaway_tracing_step_changes_nothing(tiny):
 
 
 def test_divergence_is_a_result_not_an_error(tiny):
-    row = training.run(tiny(epochs=3, learning_rate=1e12, activation="relu"))
+    row = worker.run_one(tiny(epochs=3, learning_rate=1e12, activation="relu"))
     assert row["status"] == "ok" and row["diverged"] is True
     assert all(math.isnan(row[m][-1]) for m in METRICS)
     assert math.isnan(row["final/test/accuracy"]) and len(row["test/accuracy"]) == 3
@@ -94,12 +94,12 @@ def test_divergence_is_a_result_not_an_error(tiny):
 
 
 def test_steps_per_epoch_logs_fixed_periods(tiny):
-    row = training.run(tiny(epochs=3, steps_per_epoch=2, batch_size=64))
+    row = worker.run_one(tiny(epochs=3, steps_per_epoch=2, batch_size=64))
     assert row["epoch_steps"] == 2 and row["steps"] == 6 and len(row["test/loss"]) == 3
 
 
 def test_eval_train_option_adds_inference_mode_train_metrics(tiny):
-    row = training.run(tiny(epochs=2, options={"eval_train": True}))
+    row = worker.run_one(tiny(epochs=2, options={"eval_train": True}))
     assert len(row["train_eval/accuracy"]) == 2 and row["final/train_eval/loss"] > 0
 
 
@@ -107,27 +107,27 @@ def test_data_and_model_options_reach_their_builders(tiny):
     config = tiny(norm="keras_batch", options={"model.kernel_size": 5, "data.seed": 7})
     dataset = training.load_dataset(config)
     assert not np.array_equal(dataset.x_train, training.load_dataset(tiny()).x_train)
-    wrong = training.run(tiny(options={"model.kernel_sise": 5}))
+    wrong = worker.run_one(tiny(options={"model.kernel_sise": 5}))
     assert wrong["status"] == "error" and "kernel_sise" in wrong["error"]
 
 
 def test_failing_task_gives_an_error_row():
-    @training.register_task("test_fails")
+    @tasks.register_task("test_fails")
     def fails(config):
         raise RuntimeError("boom in task")
 
     try:
-        row = training.run(RunConfig(claim="T", task="test_fails"))
+        row = worker.run_one(RunConfig(claim="T", task="test_fails"))
     finally:
-        del training.TASKS["test_fails"]
+        del tasks.TASKS["test_fails"]
     assert row["status"] == "error" and "boom in task" in row["error"]
     assert row["key"] == RunConfig(claim="T", task="test_fails").key()
-    unknown = training.run(RunConfig(claim="T", task="no_such_task"))
+    unknown = worker.run_one(RunConfig(claim="T", task="no_such_task"))
     assert unknown["status"] == "error" and "no_such_task" in unknown["error"]
 
 
 def test_custom_task_reuses_the_helpers(tiny):
-    @training.register_task("test_extra")
+    @tasks.register_task("test_extra")
     def extra(config):
         row = training.base_row(config)
         dataset, model = training.prepare(config)
@@ -136,11 +136,11 @@ def test_custom_task_reuses_the_helpers(tiny):
         return row
 
     try:
-        row = training.run(tiny(task="test_extra"))
+        row = worker.run_one(tiny(task="test_extra"))
         with pytest.raises(ValueError, match="already registered"):
-            training.register_task("test_extra")(lambda config: {})
+            tasks.register_task("test_extra")(lambda config: {})
     finally:
-        del training.TASKS["test_extra"]
+        del tasks.TASKS["test_extra"]
     assert row["status"] == "ok" and row["extra/params"] > 0 and len(row["test/accuracy"]) == 1
 
 
@@ -149,6 +149,6 @@ def test_rnn_on_variable_length_sequences(tiny):
         dataset="sequences", model="rnn", norm="batch", cell="lstm", widths=(8,),
         options={"data.max_train_len": 8, "data.max_test_len": 16},
     )
-    row = training.run(config)
+    row = worker.run_one(config)
     assert row["status"] == "ok", row["error"]
     assert all(math.isfinite(v) for v in row["test/loss"])

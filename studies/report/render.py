@@ -2,7 +2,7 @@
 from stored results only: a pure function of the results directory (no training, no clock),
 so regenerating gives the same bytes.
 
-Each claim module's `analyze(rows)` returns `studies.stats.make_analysis(...)`; this module
+Each claim module's `analyze(rows)` returns `studies.report.stats.make_analysis(...)`; this module
 renders those dicts (REPORT.md: the summary, the verdict scale, the summary forest plot and
 per claim its setup, figures, key numbers, checks and caveats; the claim's page: the full
 tables, the per-arm convergence, the seed plan), the layer benchmarks (`bench.json`, written
@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
-import tempfile
 
 import pandas
 
 from studies import claims as claims_registry
 from studies import plan as seed_planning
-from studies import plots, stats, sweep
-from studies.stats import INTERVAL
+from studies.engine.store import MANIFEST, load_rows, write_text
+from studies.report import plots, stats
+from studies.report.stats import INTERVAL
 
-MANIFEST = sweep.MANIFEST
+MANIFEST = MANIFEST
 #: Column order of the benchmark tables (bench.json stores its keys sorted).
 BENCH_COLUMNS = {
     "table": [
@@ -80,14 +79,6 @@ def _table(records, digits=3, columns=None):
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: pathlib.Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _read_json(path: pathlib.Path):
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -108,7 +99,7 @@ def analyze_all(results_dir, figures_dir, profile=None):
     """{claim id: analysis or None} for every claim, from the rows `profile` plans (all
     rows when None); figures written to `figures_dir`."""
     seeds = seed_planning.read_seeds(results_dir, profile)
-    rows = planned_rows(sweep.load_rows(results_dir), profile, seeds)
+    rows = planned_rows(load_rows(results_dir), profile, seeds)
     analyses = {}
     for claim_id in claims_registry.CLAIM_IDS:
         module = claims_registry.load(claim_id)
@@ -477,13 +468,13 @@ def write_report(results_dir="reports/results", out_dir="reports") -> pathlib.Pa
     summary_figure(analyses, out_dir / "figures")
     for claim_id, analysis in analyses.items():
         if analysis is not None:
-            _atomic_write(out_dir / _page_link(claim_id), claim_page(claim_id, analysis))
+            write_text(out_dir / _page_link(claim_id), claim_page(claim_id, analysis))
     bench = _read_json(results_dir / BENCH)
     if bench:
         from studies import bench as bench_module
 
         bench_module.figures(bench, out_dir / "figures")
     path = out_dir / "REPORT.md"
-    _atomic_write(path, render(rows, analyses, manifest, bench, results_dir.as_posix()))
+    write_text(path, render(rows, analyses, manifest, bench, results_dir.as_posix()))
     return path
 

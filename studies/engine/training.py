@@ -1,12 +1,9 @@
-"""One run of the study: a frozen `RunConfig` in, one long-form result row (a dict) out.
+"""Training one run: the engine's default task, ``train``, and the helpers a claim's own
+task reuses::
 
-A run is carried out by a *task*, looked up by name in `TASKS`. The default task,
-``train``, trains a model and logs per-epoch metrics; a claim module that must measure
-something else registers its own task and reuses the helpers here::
+    from studies.engine import tasks, training
 
-    from studies import training
-
-    @training.register_task("c2_eval_statistics")
+    @tasks.register_task("c2_eval_statistics")
     def eval_statistics(config):
         row = training.base_row(config)
         dataset, model = training.prepare(config)
@@ -14,241 +11,29 @@ something else registers its own task and reuses the helpers here::
         row["c2/accuracy_population"] = ...   # the claim's own measurements
         return row
 
-A task registered with ``stackable=True`` (the default ``train`` task is) declares that its
-row is the default training's, so the sweep may train its configs as the members of one
-stacked model instead (`studies.stacked`). A task that trains with a learning-rate schedule
-or measures the trained model afterwards registers a `Stacking` that says how (the rates
-per step, a ``finish`` hook on each member's trained model); other tasks always run as
-written.
-
-`run(config)` looks the task up (importing the claim's module, which registers its tasks,
-when needed), times it, and turns an exception into a row with ``status="error"``: a sweep
-records a failure and goes on. A run whose loss becomes NaN or infinite is a result, not a
-failure: training stops, ``diverged`` is True and the metrics from that epoch on are NaN.
-
-Rows are JSON-serializable: numbers, strings, lists, None (NaN stays NaN).
+A run whose loss becomes NaN or infinite is a result, not a failure: training stops,
+``diverged`` is True and the metrics from that epoch on are NaN. Rows are
+JSON-serializable: numbers, strings, lists, None (NaN stays NaN).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.metadata
-import json
 import math
 import os
 import platform
 import subprocess
 import time
-import traceback
-from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from studies import data, models
-
-OPTIMIZERS = ("sgd", "adam")
-#: Batch size used for evaluation (in inference mode it does not change the results).
-EVAL_BATCH_SIZE = 1000
-#: Options with these prefixes are routed: ``data.<name>`` to `studies.data.load`,
-#: ``model.<name>`` to `studies.models.build_model`. Other options are free for tasks.
-DATA_PREFIX, MODEL_PREFIX = "data.", "model."
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines one run; its `key()` names the stored result.
-
-    Claim-specific settings go in `options`, a tuple of ``(name, value)`` pairs (a dict is
-    accepted and sorted): ``data.*`` and ``model.*`` names are passed to the dataset and
-    model builders (e.g. ``("data.max_test_len", 160)``, ``("model.share_statistics",
-    True)``); others are read by the run's task (`option`).
-    """
-
-    claim: str
-    task: str = "train"
-    # Data.
-    dataset: str = "mnist1d"  # studies.data.NAMES
-    num_samples: int | None = None  # examples in total, 80% train; None: the dataset's default
-    # Model.
-    model: str = "mlp"  # studies.models.KINDS
-    norm: str = "none"  # studies.models.NORMS
-    activation: str = "relu"
-    widths: tuple[int, ...] | None = None  # units (mlp), filters (cnn), (units,) (rnn)
-    cell: str = "gru"  # rnn only: gru | lstm
-    dropout: float = 0.0  # rate after each hidden layer
-    bn_momentum: float = 0.99  # momentum of the batch norms' moving statistics
-    virtual_batch_size: int | None = None  # ghost batch size, for norm="ghost"
-    renorm_rmax: float = 3.0  # batch renorm clipping of r to [1/rmax, rmax]
-    renorm_dmax: float = 5.0  # batch renorm clipping of d to [-dmax, dmax]
-    renorm_momentum: float = 0.99
-    # Optimization.
-    optimizer: str = "sgd"  # sgd (with `momentum`) | adam
-    learning_rate: float = 0.05
-    momentum: float = 0.9  # sgd momentum
-    batch_size: int = 32
-    epochs: int = 1  # logged periods: one pass over the data, or `steps_per_epoch` steps
-    steps_per_epoch: int | None = None  # None: one pass (the last partial batch dropped)
-    seed: int = 0  # weights, data order, dropout; the data themselves have fixed seeds
-    options: tuple[tuple[str, object], ...] = ()
-
-    def __post_init__(self):
-        # Canonical types, so that equal configs have equal keys (1 and 1.0, a list and a
-        # tuple, numpy and Python numbers) and every config is hashable.
-        def coerce(name, kind):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, kind(value))
-
-        for name in ("dropout", "bn_momentum", "renorm_rmax", "renorm_dmax",
-                     "renorm_momentum", "learning_rate", "momentum"):  # fmt: skip
-            coerce(name, float)
-        for name in ("num_samples", "virtual_batch_size", "batch_size", "epochs", "steps_per_epoch", "seed"):
-            coerce(name, int)
-        coerce("widths", lambda widths: tuple(int(w) for w in widths))
-        options = dict(self.options)
-        if len(options) != len(self.options):
-            raise ValueError(f"RunConfig options name a key twice. Received: {self.options!r}")
-        object.__setattr__(
-            self, "options", tuple(sorted((str(k), _frozen_value(v)) for k, v in options.items()))
-        )
-        _check_choice("dataset", self.dataset, data.NAMES)
-        _check_choice("model", self.model, models.KINDS)
-        _check_choice("norm", self.norm, models.NORMS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.batch_size < 1 or self.epochs < 1 or (self.steps_per_epoch or 1) < 1:
-            raise ValueError(
-                "batch_size, epochs and steps_per_epoch must be positive. Received: "
-                f"batch_size={self.batch_size}, epochs={self.epochs}, "
-                f"steps_per_epoch={self.steps_per_epoch}"
-            )
-
-    def to_dict(self) -> dict:
-        """The fields as JSON-ready values (tuples as lists, options as a dict)."""
-        fields = dataclasses.asdict(self)
-        fields["options"] = dict(self.options)
-        return json.loads(json.dumps(fields))
-
-    def key(self) -> str:
-        """Stable short id: sha256 of the canonical JSON of all fields, 16 hex digits."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    def option(self, name, default=None):
-        """The value of option `name`, or `default`."""
-        return dict(self.options).get(name, default)
-
-    def prefixed_options(self, prefix) -> dict:
-        """Options whose name starts with `prefix`, the prefix removed."""
-        return {k[len(prefix):]: v for k, v in self.options if k.startswith(prefix)}
-
-
-def _frozen_value(value):
-    """Lists become tuples (hashable); anything JSON cannot hold is refused."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen_value(v) for v in value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise ValueError(f"RunConfig option values must be JSON scalars or lists. Received: {value!r}")
-
-
-def _check_choice(name, value, known):
-    if value not in known:
-        raise ValueError(f"Unknown {name} '{value}'. Known: {', '.join(known)}")
-
-
-# ---------------------------------------------------------------------------------------
-# The task registry.
-
-TASKS: dict[str, Callable[[RunConfig], dict]] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class Stacking:
-    """How `studies.stacked` makes the rows of a task that opts in, instead of calling it.
-
-    The stacked engine trains like the default ``train`` task (SGD or Adam, an evaluation
-    after each epoch), and then:
-
-    Attributes:
-        learning_rates: ``fn(config, epoch_steps) -> array`` of the learning rate of each
-            optimizer step (``epochs * epoch_steps`` values, step 0 first), for a task
-            that trains with a schedule; None for the config's constant rate.
-        finish: ``fn(config, dataset, model, row) -> None``, for a task that measures
-            the trained model: called per member with a `build` model holding that
-            member's trained weights (moving statistics included) and the member's row,
-            to which it adds its columns (the row's ``diverged`` says whether the weights
-            are finite).
-        applies: ``fn(config) -> bool``, False for the task's configs the engine cannot
-            make (e.g. ones that need a per-step callback); those run as written.
-        dataset: ``fn(config, dataset) -> dataset``, for a task that trains on other data
-            than `load_dataset`'s (e.g. a subset of it); None for those.
-        eval_train: whether the task evaluates the training set after each epoch
-            (`TRAIN_EVAL_METRICS`) whatever its option ``eval_train`` says.
-    """
-
-    learning_rates: Callable | None = None
-    finish: Callable | None = None
-    applies: Callable | None = None
-    dataset: Callable | None = None
-    eval_train: bool = False
-
-
-#: Tasks whose rows the stacked engine (`studies.stacked`) may make instead, and how.
-STACKABLE_TASKS: dict[str, Stacking] = {}
-
-
-def register_task(name: str, stackable: bool | Stacking = False):
-    """Decorator: registers `fn(config) -> row` as task `name` (a name is registered once).
-
-    With ``stackable=True`` the task declares that its row is the default ``train`` task's
-    row for its config (it trains, evaluates after each epoch and logs, nothing more), so
-    `studies.stacked` may train its configs as members of one stacked model instead of
-    calling it; with a `Stacking`, that its row is that training's with the schedule and
-    the measurements the `Stacking` describes. A task that does anything else leaves it
-    False and runs as written."""
-
-    def decorator(fn):
-        if name in TASKS and TASKS[name] is not fn:
-            raise ValueError(f"Task '{name}' is already registered by {TASKS[name].__module__}.")
-        TASKS[name] = fn
-        if stackable:
-            STACKABLE_TASKS[name] = stackable if isinstance(stackable, Stacking) else Stacking()
-        return fn
-
-    return decorator
-
-
-def stacking(config: RunConfig) -> Stacking | None:
-    """How the stacked engine makes `config`'s row (loading its claim's module when
-    needed), or None if its task did not opt in or excludes this config."""
-    _task(config)
-    spec = STACKABLE_TASKS.get(config.task)
-    if spec is None or (spec.applies is not None and not spec.applies(config)):
-        return None
-    return spec
-
-
-def stackable_task(config: RunConfig) -> bool:
-    """True if `config`'s task (loading its claim's module when needed) is stackable for it."""
-    return stacking(config) is not None
-
-
-def _task(config):
-    """The task of `config`; imports the claim's module first when the task is not known
-    yet (a claim module registers its tasks when imported, also in worker processes)."""
-    if config.task not in TASKS:
-        from studies import claims
-
-        if config.claim in claims.MODULES:
-            claims.load(config.claim)
-    if config.task not in TASKS:
-        raise ValueError(f"Unknown task '{config.task}'. Registered tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[config.task]
-
+from studies.engine import data, models
+from studies.engine.config import DATA_PREFIX, EVAL_BATCH_SIZE, MODEL_PREFIX, RunConfig
+from studies.engine.tasks import register_task
 
 # ---------------------------------------------------------------------------------------
 # Rows.
@@ -303,28 +88,13 @@ def base_row(config: RunConfig) -> dict:
     return row
 
 
-def run(config: RunConfig) -> dict:
-    """Runs `config` with its task and returns the row, ``status="error"`` with the
-    traceback in ``error`` if the task raised. Adds ``time/total_s``."""
-    start = time.perf_counter()
-    try:
-        row = _task(config)(config)
-    except Exception:  # a failing run is a recorded result; the sweep goes on
-        row = base_row(config)
-        row["status"] = "error"
-        row["error"] = traceback.format_exc(limit=20)
-    row["time/total_s"] = time.perf_counter() - start
-    return row
-
-
 # ---------------------------------------------------------------------------------------
 # Training helpers, for the default task and for claims' own tasks.
 
 
 def configure_determinism(seed):
     """Seeds Python, numpy, TensorFlow and Keras, and makes TensorFlow's ops deterministic
-    (measured: no slower on CPU for these models; XLA is then off, which is also faster
-    here)."""
+    (measured: no slower on CPU for these models)."""
     keras.utils.set_random_seed(int(seed))
     tf.config.experimental.enable_op_determinism()
 
@@ -340,7 +110,7 @@ def load_dataset(config: RunConfig) -> data.Dataset:
 
 
 def model_arguments(config: RunConfig, dataset: data.Dataset) -> dict:
-    """The keyword arguments of `studies.models.build_model` for `config` and `dataset`
+    """The keyword arguments of `studies.engine.models.build_model` for `config` and `dataset`
     (after its kind, input shape, class count and norm), with the ``model.*`` options."""
     return dict(
         activation=config.activation,
@@ -399,8 +169,10 @@ def compile_model(config: RunConfig, model, steps_per_execution=1):
         optimizer=make_optimizer(config),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        # Measured on CPU: XLA made these small models slower (and op determinism turns
-        # it off anyway).
+        # No XLA for a run alone: TensorFlow has no deterministic XLA kernel for some of
+        # these models' gradients (max pooling's), and rows must be reproducible. The
+        # stacked engine compiles with XLA because its models avoid those ops
+        # (`studies.engine.stacked.PairMaxPooling`).
         jit_compile=False,
         steps_per_execution=steps_per_execution,
     )

@@ -1,0 +1,1 @@
+"""The study's engine: configs in, rows out."""
