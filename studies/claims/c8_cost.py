@@ -63,7 +63,7 @@ def grid(profile):
         base = RunConfig(claim=CLAIM_ID, task="c8_timing", model=model, dataset=dataset, batch_size=batch_size)
         configs += product(
             base,
-            options=[{"c8.calls": calls, "c8.mode": mode} for mode in MODES],
+            options=[{"c8_calls": calls, "c8_mode": mode} for mode in MODES],
             seed=list(range(runs)),
         )
     return configs
@@ -82,7 +82,7 @@ def _models(config):
     for norm in norms:
         kwargs = {"cell": "lstm", "max_steps": input_shape[0]} if config.model == "rnn" else {}
         built[norm] = models.build_model(config.model, input_shape, 10, norm, seed=config.seed, **kwargs)
-    if config.option("c8.mode") == "inference" and config.model != "rnn":
+    if config.option("c8_mode") == "inference" and config.model != "rnn":
         built["batch_folded"] = kerasnorm.fold_batch_norm(built["batch"])
     return built
 
@@ -93,7 +93,7 @@ def _callables(config, built):
     _, input_shape, batch_size, _ = CASES[config.model]
     x = tf.random.stateless_normal((batch_size,) + input_shape, seed=(config.seed, 8))
     y = tf.zeros((batch_size, 10))
-    train = config.option("c8.mode") == "train"
+    train = config.option("c8_mode") == "train"
     fns = {}
     for arm, model in built.items():
         if train:
@@ -120,7 +120,7 @@ def timing(config):
     row = training.base_row(config)
     training.configure_determinism(config.seed)
     built = _models(config)
-    times = time_alternating(_callables(config, built), repeats=int(config.option("c8.calls")))
+    times = time_alternating(_callables(config, built), repeats=int(config.option("c8_calls")))
     for arm, t in times.items():
         row[f"c8/{arm}/ms"] = 1e3 * statistics.median(t)
     pairs = {"layer_over_batch": ("layer", "batch"), "keras_layer_over_keras_batch": ("keras_layer", "keras_batch"),
@@ -143,7 +143,7 @@ RATIOS = {
 
 def analyze(rows):
     ok = rows[rows["status"] == "ok"]
-    mode = ok["opt/c8.mode"]
+    mode = ok["opt/c8_mode"]
     records = []
     for (model, m), group in ok.assign(mode=mode).groupby(["model", "mode"], sort=True):
         for key, label in RATIOS.items():

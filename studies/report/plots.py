@@ -17,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 # Okabe & Ito's colour-blind-safe palette.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-#: One colour per arm across all figures, so that "batch" is the same blue everywhere.
+#: One colour per arm across all figures, so that "batch" is the same blue everywhere, and
+#: no two arms alike: Okabe & Ito's eight, then colours of Paul Tol's colour-blind-safe
+#: "muted" scheme for the arms beyond eight.
 COLORS = {
     "none": "#000000",
     "batch": "#0072B2",
@@ -27,7 +29,8 @@ COLORS = {
     "group": "#009E73",
     "rms": "#CC79A7",
     "batch_renorm": "#D55E00",
-    "ghost": "#56B4E9",
+    "ghost": "#882255",
+    "frn": "#44AA99",
 }
 
 

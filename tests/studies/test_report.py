@@ -140,3 +140,11 @@ def test_power_line_names_the_block_the_sequential_plan_still_calls_for():
                          kind="at_most", why="anchor")
     line = report._power_line({"checks": [check.to_dict(), pooled.to_dict()], "seed_plan": plan.to_dict()})
     assert "at n=4" in line and "at its cap" not in line
+
+
+def test_every_arm_has_a_colour_of_its_own():
+    from studies.engine import models
+    from studies.report import plots
+
+    assert set(models.NORMS) <= set(plots.COLORS)
+    assert len(set(plots.COLORS.values())) == len(plots.COLORS)
