@@ -67,7 +67,7 @@ def next_seeds(planned: dict, rows) -> dict:
         claim_rows = rows[rows["key"].isin(keys[claim])].reset_index(drop=True) if len(rows) else rows
         if not len(claim_rows):
             continue
-        analysis = claims_registry.load(claim).analyze(claim_rows)
+        analysis = claims_registry.analyze(claim, claim_rows)
         if not analysis.get("seed_plan"):
             continue
         n_now = seeds_per_arm(configs)

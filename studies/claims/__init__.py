@@ -1,15 +1,25 @@
-"""The study's claims (``CLAIM_IDS``) and the interface their modules provide.
+"""The study's claims, each declared in a module of its own, and the framework that runs
+and analyzes them.
 
-Each claim lives in its own module (``MODULES``), which defines:
+A claim is one module ``c<number><suffix>_<name>.py`` in this package (``c4b_small_batch``
+is claim ``C4b``); the study finds it by its file name (`discover`), orders claims by their
+number, and needs nothing else: adding a claim is adding its module (and its test).
+The module ends in one declaration, ``CLAIM = Claim(...)``: its id, the note's words, the
+rule, the anchor, the seed plan, and three functions:
 
-- ``CLAIM_ID``: its id, e.g. ``"C4"``;
-- ``TITLE``: the claim in the study note's words;
 - ``grid(profile) -> list[RunConfig]``: the runs it needs, for profile ``smoke`` (seconds,
   used by the tests), ``quick`` (the whole study in minutes) or ``full`` (the committed
   report);
-- ``analyze(rows: pandas.DataFrame) -> dict``: pure, from that claim's rows to its numbers
-  and verdict;
+- ``analyze(ok, runs) -> dict``: from the claim's usable rows (``status == "ok"``; a
+  diverged run is a result and stays) and their `Runs` count to its findings: the keyword
+  arguments of `studies.report.stats.make_analysis` beyond the declaration's (checks,
+  evidence, setup, caveats, tables, figures, convergence, headline);
 - ``figures(analysis, out_dir) -> list[pathlib.Path]``: the files it wrote.
+
+The framework (`analyze`) filters a claim's rows, handles a claim none of whose runs
+finished (one way for every claim: `no_runs`), and joins the declaration to the findings.
+A claim that reads another's reference arm instead of training it again names that claim
+in ``reads``: its analysis gets those rows too (the arm is trained once).
 
 A claim that measures something other than training curves registers its own task with
 `studies.engine.tasks.register_task` at import; its configs name that task.
@@ -19,40 +29,93 @@ line passes it to the sweep, which runs it in every worker process.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import pkgutil
+import re
 from types import ModuleType
-from typing import Protocol
+from typing import Callable
 
 import pandas
 
-#: In study order: C4b (beyond the note: which small-batch remedy works) follows C4.
-CLAIM_IDS = ("C1", "C2", "C3", "C4", "C4b", "C5", "C6", "C7", "C8", "C9")
-MODULES = {
-    "C1": "studies.claims.c1_speed",
-    "C2": "studies.claims.c2_inference_statistics",
-    "C3": "studies.claims.c3_regularization",
-    "C4": "studies.claims.c4_batch_size",
-    "C4b": "studies.claims.c4b_small_batch",
-    "C5": "studies.claims.c5_recurrent",
-    "C6": "studies.claims.c6_layer_norm_sequences",
-    "C7": "studies.claims.c7_cnn",
-    "C8": "studies.claims.c8_cost",
-    "C9": "studies.claims.c9_covariate_shift",
-}
+from studies.report import stats
+
 PROFILES = ("smoke", "quick", "full")
+_MODULE_NAME = re.compile(r"^c(\d+)([a-z]?)_\w+$")
 
 
-class Claim(Protocol):
-    """What a claim module provides (a module satisfies it structurally)."""
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim's declaration (see the module docstring).
 
-    CLAIM_ID: str
-    TITLE: str
+    Args:
+        id: e.g. ``"C4b"``; it must match the module's file name.
+        title: the claim in the study note's words.
+        rule: the verdict rule in words, as the report prints it, fixed before the run.
+        anchor: the published numbers the thresholds come from.
+        seed_plan: the claim's `studies.report.stats.SeedPlan`, or None.
+        grid, analyze, figures: the claim's functions.
+        reads: ids of claims whose rows the analysis also reads (a shared reference arm).
+    """
 
-    def grid(self, profile: str) -> list: ...
+    id: str
+    title: str
+    rule: str
+    anchor: str
+    seed_plan: stats.SeedPlan | None
+    grid: Callable[[str], list]
+    analyze: Callable[[pandas.DataFrame, "Runs"], dict]
+    figures: Callable[[dict, object], list]
+    reads: tuple[str, ...] = ()
 
-    def analyze(self, rows: pandas.DataFrame) -> dict: ...
 
-    def figures(self, analysis: dict, out_dir) -> list: ...
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    """What became of a claim's runs: all of them, those that failed (left out of the
+    analysis) and those that diverged (kept: divergence is a result)."""
+
+    total: int
+    failed: int
+    diverged: int
+
+    @property
+    def ok(self) -> int:
+        return self.total - self.failed
+
+    @property
+    def note(self) -> str | None:
+        """A sentence for the caveats, or None when every run finished and none diverged."""
+        if not self.failed and not self.diverged:
+            return None
+        return (
+            f"{self.failed} of {self.total} runs failed and are left out; {self.diverged} of the "
+            f"{self.ok} others diverged (loss NaN or infinite; their metrics are NaN from then on)."
+        )
+
+    @property
+    def summary(self) -> str:
+        """A sentence counting the runs ok, failed and diverged, whatever they are."""
+        text = f"{self.ok} runs ok, {self.failed} failed (left out), {self.diverged} of the ok runs diverged"
+        if self.diverged:
+            text += " (their NaN metrics are left out of the estimates)"
+        return text + "."
+
+
+def discover(paths=None) -> dict[str, str]:
+    """``{claim id: module name}`` of the claim modules in this package's `paths` (default:
+    its ``__path__``), in study order: by number, then suffix (C4 before C4b before C5)."""
+    found = {}
+    for info in pkgutil.iter_modules(paths if paths is not None else __path__):
+        match = _MODULE_NAME.match(info.name)
+        if match:
+            number, suffix = match.groups()
+            found[(int(number), suffix)] = (f"C{number}{suffix}", f"{__name__}.{info.name}")
+    return dict(found[key] for key in sorted(found))
+
+
+MODULES = discover()
+#: In study order (C4b, beyond the note: which small-batch remedy works, follows C4).
+CLAIM_IDS = tuple(MODULES)
 
 
 def parse_claims(text: str) -> list[str]:
@@ -63,10 +126,10 @@ def parse_claims(text: str) -> list[str]:
     by_upper = {claim_id.upper(): claim_id for claim_id in CLAIM_IDS}
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
-        raise ValueError(f"no claim given; known: {CLAIM_IDS[0]}..{CLAIM_IDS[-1]} or 'all'")
+        raise ValueError(f"no claim given; known: {', '.join(CLAIM_IDS)} or 'all'")
     for part in parts:
         if part.upper() not in by_upper:
-            raise ValueError(f"unknown claim '{part}'; known: {CLAIM_IDS[0]}..{CLAIM_IDS[-1]}")
+            raise ValueError(f"unknown claim '{part}'; known: {', '.join(CLAIM_IDS)}")
     return sorted({by_upper[part.upper()] for part in parts}, key=CLAIM_IDS.index)
 
 
@@ -79,11 +142,20 @@ def check_profile(profile: str) -> str:
 def load(claim_id: str) -> ModuleType:
     """Imports claim `claim_id`'s module and checks that it declares that id."""
     if claim_id not in MODULES:
-        raise ValueError(f"unknown claim '{claim_id}'; known: {CLAIM_IDS[0]}..{CLAIM_IDS[-1]}")
+        raise ValueError(f"unknown claim '{claim_id}'; known: {', '.join(CLAIM_IDS)}")
     module = importlib.import_module(MODULES[claim_id])
-    if getattr(module, "CLAIM_ID", None) != claim_id:
-        raise ValueError(f"{module.__name__} declares CLAIM_ID={getattr(module, 'CLAIM_ID', None)!r}, not {claim_id!r}")
+    claim = getattr(module, "CLAIM", None)
+    if not isinstance(claim, Claim) or claim.id != claim_id:
+        raise ValueError(
+            f"{module.__name__} must declare CLAIM = Claim(id={claim_id!r}, ...). "
+            f"Received: {getattr(claim, 'id', claim)!r}"
+        )
     return module
+
+
+def declaration(claim_id: str) -> Claim:
+    """Claim `claim_id`'s declaration."""
+    return load(claim_id).CLAIM
 
 
 def register_tasks() -> None:
@@ -98,9 +170,44 @@ def plan(claim_ids, profile: str) -> dict[str, list]:
     check_profile(profile)
     planned = {}
     for claim_id in claim_ids:
-        configs = list(load(claim_id).grid(profile))
+        configs = list(declaration(claim_id).grid(profile))
         strays = {c.claim for c in configs} - {claim_id}
         if strays:
             raise ValueError(f"{MODULES[claim_id]}.grid returned configs of other claims: {sorted(strays)}")
         planned[claim_id] = configs
     return planned
+
+
+def analyze(claim_id: str, rows: pandas.DataFrame) -> dict:
+    """Claim `claim_id`'s analysis (`studies.report.stats.make_analysis`) from `rows`, a
+    table that may hold other claims' rows too: the claim's own and those of the claims it
+    `reads` are used."""
+    claim = declaration(claim_id)
+    if len(rows):
+        rows = rows[rows["claim"].isin((claim_id, *claim.reads))].reset_index(drop=True)
+    ok = rows[rows["status"] == "ok"].reset_index(drop=True) if len(rows) else rows
+    diverged = int(ok["diverged"].fillna(False).astype(bool).sum()) if "diverged" in ok else 0
+    runs = Runs(total=len(rows), failed=len(rows) - len(ok), diverged=diverged)
+    findings = no_runs(runs) if ok.empty else claim.analyze(ok, runs)
+    return stats.make_analysis(
+        claim=claim.id,
+        title=claim.title,
+        rule=claim.rule,
+        anchor=claim.anchor,
+        seed_plan=claim.seed_plan,
+        **findings,
+    )
+
+
+def no_runs(runs: Runs) -> dict:
+    """The findings of a claim none of whose runs finished: nothing is measured, so the
+    verdict is "inconclusive" (an undecided check without data)."""
+    nothing = stats.Estimate(float("nan"), float("nan"), float("nan"), 0)
+    return dict(
+        checks=[stats.Check("at least one run finished", nothing, 1.0, "at_least", "no runs, no evidence")],
+        evidence=[],
+        setup="No run of this claim finished; see the caveats.",
+        caveats=[
+            f"All {runs.total} run(s) failed; their errors are in the stored rows." if runs.total else "No runs."
+        ],
+    )

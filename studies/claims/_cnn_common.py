@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pandas
 
-from studies.claims import _mlp_common
 from studies.engine import tasks, training
 from studies.report import stats
 
@@ -62,20 +61,6 @@ def inference_accuracy(model, x, y):
         logits = np.asarray(model(np.asarray(x[start:stop]), training=False))
         hits += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(y[start:stop])))
     return hits / len(x)
-
-
-def ok_rows(rows: pandas.DataFrame):
-    """``(rows with status ok, number of other rows)``."""
-    ok = rows[rows["status"] == "ok"] if len(rows) else rows
-    return ok.reset_index(drop=True), len(rows) - len(ok)
-
-
-def no_runs(claim, title, rule, anchor, failed) -> dict:
-    """The analysis of a claim none of whose `failed` runs finished (not supported, no
-    figure): the MLP claims' helper, with the count in its note."""
-    return _mlp_common.no_runs(
-        claim, title, rule, anchor, f"All {failed} run(s) failed; their errors are in the stored rows."
-    )
 
 
 def error_pp(rows: pandas.DataFrame, accuracy_column: str) -> pandas.Series:

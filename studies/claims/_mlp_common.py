@@ -31,37 +31,6 @@ def arm_grid(base: RunConfig, arms: dict, names, seeds, options) -> list:
     ))  # fmt: skip
 
 
-def usable_rows(rows: pandas.DataFrame):
-    """``(ok_rows, note)``: the rows with ``status == "ok"`` and a sentence counting the
-    runs left out (failed) and the diverged ones (kept: divergence is a result), or None
-    when there is nothing to say."""
-    ok = rows[rows["status"] == "ok"].reset_index(drop=True) if len(rows) else rows
-    failed = len(rows) - len(ok)
-    diverged = int(ok["diverged"].fillna(False).astype(bool).sum()) if "diverged" in ok else 0
-    if not failed and not diverged:
-        return ok, None
-    return ok, (
-        f"{failed} of {len(rows)} runs failed and are left out; {diverged} of the {len(ok)} "
-        "others diverged (loss NaN or infinite; their metrics are NaN from then on)."
-    )
-
-
-def no_runs(claim, title, rule, anchor, note) -> dict:
-    """The analysis of a claim none of whose runs finished: nothing is measured, so the
-    verdict is "inconclusive" (an undecided check without data); `note` says what happened."""
-    nothing = stats.Estimate(float("nan"), float("nan"), float("nan"), 0)
-    return stats.make_analysis(
-        claim=claim,
-        title=title,
-        rule=rule,
-        checks=[stats.Check("at least one run finished", nothing, 1.0, "at_least", "no runs, no evidence")],
-        evidence=[],
-        anchor=anchor,
-        setup="No run of this claim finished; see the caveats.",
-        caveats=[note or "No runs."],
-    )
-
-
 def swap_batch_norms(model: keras.Model, make_layer) -> keras.Model:
     """A copy of functional `model` whose `kerasnorm.BatchNormalization` layers are
     replaced by ``make_layer(config, index)`` (`config` the layer's config, `index` its

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-import pandas
-
 from studies.engine import training
 
 
@@ -31,16 +29,3 @@ def train_keeping_model(config, prepare=training.prepare, callbacks_for=None):
     row.update(training.fit_and_log(config, dataset, model, callbacks=callbacks))
     row["time/build_s"] += prepare_s
     return row, dataset, model
-
-
-def usable_rows(rows: pandas.DataFrame):
-    """``(ok rows, note)``: the rows with ``status == "ok"`` and a sentence counting the
-    failed and the diverged runs (diverged runs stay in: their NaN metrics drop out of
-    every estimate, and the note says how many)."""
-    ok = rows[rows["status"] == "ok"].reset_index(drop=True) if len(rows) else rows
-    failed = len(rows) - len(ok)
-    diverged = int(ok["diverged"].fillna(False).astype(bool).sum()) if "diverged" in ok else 0
-    note = f"{len(ok)} runs ok, {failed} failed (left out), {diverged} of the ok runs diverged"
-    if diverged:
-        note += " (their NaN metrics are left out of the estimates)"
-    return ok, note + "."

@@ -21,8 +21,8 @@ import math
 import numpy as np
 import pandas
 
+from studies.claims import Claim, check_profile
 from studies.claims import _mlp_common as common
-from studies.claims import check_profile
 from studies.engine.config import grid as product
 from studies.report import plots, stats
 
@@ -242,11 +242,9 @@ ANCHOR = (
 )
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
-    """Steps to target and largest stable learning rate per arm, and the verdict."""
-    ok, note = common.usable_rows(rows)
-    if not len(ok):
-        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, note)
+def analyze(ok: pandas.DataFrame, runs) -> dict:
+    """Steps to target and largest stable learning rate per arm, and the checks."""
+    note = runs.note
     runs = per_run(ok)
     target_by_activation = targets(runs)
     runs = _with_steps(runs, target_by_activation)
@@ -332,15 +330,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "final accuracy). Stable: no divergence and a final test accuracy at least "
         f"{STABLE_MARGIN:.0%} above chance ({CHANCE:.0%})."
     )
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=convergence,
         evidence=evidence,
-        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={
@@ -403,3 +396,15 @@ def figures(analysis, out_dir):
     axes[0].legend(frameon=False, fontsize=8)
     paths += plots.save_figure(fig, "fig-c1-curves", out_dir, curves)
     return paths
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

@@ -32,8 +32,8 @@ import dataclasses
 import numpy as np
 import pandas
 
+from studies.claims import Claim, check_profile
 from studies.claims import _cnn_common as common
-from studies.claims import check_profile
 from studies.engine import tasks, training
 from studies.engine.config import RunConfig, concat
 from studies.engine.config import grid as product
@@ -87,7 +87,6 @@ SOURCES = {
 def grid(profile):
     models, momenta, seeds, num_samples, epochs = PROFILES[check_profile(profile)]
     base = RunConfig(
-        claim=CLAIM_ID,
         task="c2_inference_statistics",
         dataset="mnist1d",
         num_samples=num_samples,
@@ -179,10 +178,8 @@ def _accuracy_pct(rows, column):
     return 100.0 - common.error_pp(rows, column)
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
-    ok, failed = common.ok_rows(rows)
-    if ok.empty:
-        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, failed)
+def analyze(ok: pandas.DataFrame, runs) -> dict:
+    failed = runs.failed
     long = pandas.concat(
         [ok[["model", "bn_momentum", "seed"]].assign(statistics=source, accuracy=_accuracy_pct(ok, column))
          for source, (column, _) in SOURCES.items()],
@@ -300,15 +297,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         f"The equivalence margin moved from 0.5 to {TOLERANCE_PP:g} pp with issue 11, after the "
         "previous run: at 0.5 pp the seed plan's cap could not have resolved it.",
     ]
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=stats.convergence_table(ok, ["model", "bn_momentum"]),
         evidence=evidence,
-        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={ACCURACY_TABLE: accuracy, GAP_TABLE: gap},
@@ -355,3 +347,15 @@ def figures(analysis, out_dir):
     axes[-1].legend(fontsize=7, frameon=False, loc="lower left")
     fig.tight_layout()
     return plots.save_figure(fig, "fig-c2-inference-statistics", out_dir, table)
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

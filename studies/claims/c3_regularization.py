@@ -44,8 +44,8 @@ import numpy as np
 import pandas
 
 import kerasnorm
+from studies.claims import Claim, check_profile
 from studies.claims import _mlp_common as common
-from studies.claims import check_profile
 from studies.engine import tasks, training
 from studies.engine.config import RunConfig, concat
 from studies.report import plots, stats
@@ -339,11 +339,9 @@ ANCHOR = (
 )
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
+def analyze(ok: pandas.DataFrame, runs) -> dict:
     """The gap per arm, the convergence of every arm, and the checks of the rule."""
-    ok, note = common.usable_rows(rows)
-    if not len(ok):
-        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, note)
+    note = runs.note
     runs = per_run(ok)
     arms = [a for a in ARMS if a in set(runs["arm"])]
     convergence = stats.convergence_table(ok.assign(arm=ok["opt/c3/arm"]), "arm")
@@ -429,15 +427,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "the same batches repeated every pass, as Keras 3's NumPy-array input does once "
         "`keras.utils.set_random_seed` has been called (seen with Keras 3.15.1, TensorFlow 2.21)."
     )
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=convergence,
         evidence=evidence,
-        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={BY_ARM: _by_arm(runs, arms), CONVERGENCE: convergence},
@@ -472,3 +465,15 @@ def figures(analysis, out_dir):
     right.set_title("test accuracy")
     plotted = table[["arm", "gap_mean", "gap_low", "gap_high", "test_mean", "test_low", "test_high", "n"]]
     return plots.save_figure(fig, "fig-c3-gap", out_dir, plotted)
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

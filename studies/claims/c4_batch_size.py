@@ -35,8 +35,8 @@ import dataclasses
 import numpy as np
 import pandas
 
+from studies.claims import Claim, _mlp_common, check_profile
 from studies.claims import _cnn_common as common
-from studies.claims import _mlp_common, check_profile
 from studies.engine import tasks
 from studies.engine.config import RunConfig, concat
 from studies.engine.config import grid as product
@@ -197,18 +197,14 @@ BY = ["model", "norm", "batch_size", "norm_batch"]
 
 
 def _prepared(rows):
-    """The ok rows with the analysis's columns: ``norm_batch`` (samples per statistic),
+    """`rows` with the analysis's columns: ``norm_batch`` (samples per statistic),
     ``eval_error`` and ``batch_error`` (test error in %, inference and training mode;
     diverged runs at chance)."""
-    ok, failed = common.ok_rows(rows)
-    if ok.empty:
-        return ok, failed
-    ok = ok.assign(
-        norm_batch=common.normalization_batch(ok),
-        eval_error=common.error_pp(ok, EVAL_MODE),
-        batch_error=common.error_pp(ok, BATCH_MODE),
+    return rows.assign(
+        norm_batch=common.normalization_batch(rows),
+        eval_error=common.error_pp(rows, EVAL_MODE),
+        batch_error=common.error_pp(rows, BATCH_MODE),
     )
-    return ok, failed
 
 
 def _arm(ok, model, norm, batch_size, norm_batch=None):
@@ -293,10 +289,8 @@ def _differences_table(ok):
 ERRORS_MINUS_REFERENCE = f"test error minus the error at batch {REFERENCE_BATCH}, paired by seed (pp)"
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
-    ok, failed = _prepared(rows)
-    if ok.empty:
-        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, failed)
+def analyze(ok: pandas.DataFrame, runs) -> dict:
+    ok, failed = _prepared(ok), runs.failed
     checks = _checks(ok)
     table = _error_table(ok)
     convergence = common.ordered(stats.convergence_table(ok, BY), {"model": list(MODELS), "norm": list(NORM_LABELS)}, BY)
@@ -370,15 +364,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "Wu & He's curves are ImageNet ResNet-50 top-1 errors; the relative panel compares the "
         "shape of the rise only, not its size.",
     ]
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=convergence,
         evidence=evidence,
-        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={ERROR_TABLE: table, ERRORS_MINUS_REFERENCE: _differences_table(ok), CONVERGENCE_TABLE: convergence},
@@ -493,3 +482,15 @@ def _log2_axis(ax, values):
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks], fontsize=7)
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

@@ -36,8 +36,8 @@ import dataclasses
 import pandas
 
 import kerasnorm
+from studies.claims import Claim, _mlp_common, check_profile
 from studies.claims import _cnn_common as common
-from studies.claims import _mlp_common, check_profile
 from studies.engine import tasks
 from studies.engine.config import EVAL_BATCH_SIZE, RunConfig, concat
 from studies.engine.config import grid as product
@@ -357,10 +357,8 @@ def _differences_table(long):
     return common.ordered(table, {"model": list(MODELS), "arm": list(ARM_LABELS)}, BY) if len(table) else table
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
-    ok, failed = common.ok_rows(rows)
-    if ok.empty:
-        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, failed)
+def analyze(ok: pandas.DataFrame, runs) -> dict:
+    failed = runs.failed
     long = long_rows(ok)
     trained = long[long["arm"].isin(TRAINED_ARMS + INDEPENDENT)]
     checks = _checks(long, trained)
@@ -417,15 +415,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "A claim beyond the note: which remedy works is read from the checks, one per remedy; "
         "the verdict only summarizes them.",
     ]
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=convergence,
         evidence=evidence,
-        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={ERROR_TABLE: table, DIFFERENCES_TABLE: _differences_table(long), CONVERGENCE_TABLE: convergence},
@@ -491,3 +484,15 @@ def figures(analysis, out_dir):
     fig.tight_layout()
     data = pandas.concat(plotted, ignore_index=True).rename(columns={"error_pp": "mean"})
     return plots.save_figure(fig, "fig-c4b-remedies", out_dir, data)
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

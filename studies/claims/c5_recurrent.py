@@ -24,8 +24,8 @@ import dataclasses
 import numpy as np
 import pandas
 
-from studies.claims import check_profile
-from studies.claims._sequence_common import train_keeping_model, usable_rows
+from studies.claims import Claim, check_profile
+from studies.claims._sequence_common import train_keeping_model
 from studies.engine import tasks, training
 from studies.engine.config import RunConfig, concat
 from studies.engine.config import grid as product
@@ -250,11 +250,9 @@ def _paired_check(ok, name, a, b, value, threshold, why, ceiling_value, ceiling_
     )
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
-    """The checks of `RULE` from the claim's rows (only ``status == "ok"``) and the verdict
-    they give."""
-    ok, note = usable_rows(rows)
-    ok = _labelled(ok) if len(ok) else ok.assign(arm=[], drop_pp=[], **{f"pct_{b}": [] for b in BUCKETS})
+def analyze(ok: pandas.DataFrame, runs) -> dict:
+    """The checks of `RULE` from the claim's usable rows."""
+    ok, note = _labelled(ok), runs.summary
 
     def est(arm, column):
         return stats.estimate(ok.loc[ok["arm"] == arm, column])
@@ -357,16 +355,11 @@ def analyze(rows: pandas.DataFrame) -> dict:
         "One small LSTM on one synthetic task; the published gains of recurrent BN are on "
         "larger models and real data.",
     ]
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
         headline=DEGRADATION_CHECK,
-        seed_plan=SEED_PLAN,
         convergence=convergence,
         evidence=evidence,
-        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={"test accuracy (%) by length bucket": buckets_table, "test accuracy (%) by length": length_table},
@@ -432,3 +425,15 @@ def figures(analysis: dict, out_dir) -> list:
     ax.set_ylabel("accuracy drop, <= T to > T (pp)")
     paths += plots.save_figure(fig, "fig-c5-drop", out_dir, drop)
     return paths
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import pandas
 
+from studies.claims import Claim, check_profile
 from studies.claims import _cnn_common as common
-from studies.claims import check_profile
 from studies.engine.config import RunConfig, concat
 from studies.engine.config import grid as product
 from studies.report import plots, stats
@@ -127,10 +127,8 @@ ANCHOR = (
 )
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
-    ok, failed = common.ok_rows(rows)
-    if ok.empty:
-        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, failed)
+def analyze(ok: pandas.DataFrame, runs) -> dict:
+    failed = runs.failed
     ok = ok.assign(test_error=common.error_pp(ok, TEST), train_error=common.error_pp(ok, TRAIN))
     by = ["dataset", "norm"]
     order = {"dataset": list(DATASET_LABELS), "norm": list(NORM_LABELS)}
@@ -178,15 +176,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
     diverged = int(ok["diverged"].astype(bool).sum())
     finite = convergence["runs"] - convergence["diverged"]
     best = table.groupby("dataset")["test_error_pp"].min()
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=convergence,
         evidence=evidence,
-        anchor=ANCHOR,
         setup=(
             f"{data_text}. 1-D CNN: 3 conv layers of 32 filters; 2-D CNN: 16, 32, 32 filters; "
             f"kernel 3, conv -> norm -> ReLU, 2x max-pooling, global average pooling. Norms: "
@@ -263,3 +256,15 @@ def figures(analysis, out_dir):
     data = table[["dataset", "norm", "test_error_pp", "low", "high", "n"]].rename(
         columns={"test_error_pp": "mean"})
     return plots.save_figure(fig, "fig-c7-cnn", out_dir, data)
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

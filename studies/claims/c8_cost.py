@@ -20,7 +20,7 @@ import statistics
 import pandas
 
 from studies.bench import median_ratio, time_alternating
-from studies.claims import check_profile
+from studies.claims import Claim, check_profile
 from studies.engine import tasks, training
 from studies.engine.config import RunConfig
 from studies.engine.config import grid as product
@@ -141,8 +141,19 @@ RATIOS = {
 }
 
 
-def analyze(rows):
-    ok = rows[rows["status"] == "ok"]
+RULE = (
+        "For kerasnorm's layers and for Keras's, decisive: LN's extra time over BN (LN/BN "
+        "ratio - 1: the median of pairwise ratios within a run; interval over runs) is at "
+        f"least {MORE_PCT:g} % in the case where it is largest; secondary: it is at most "
+        f"{SLIGHTLY_PCT:g} % there."
+)
+ANCHOR = (
+        "RMSNorm paper (Zhang & Sennrich 2019): RMSNorm cuts 7%-64% of LN's running time; at "
+        "inference BN folds into an affine map (here: into the preceding kernel), LN cannot."
+)
+
+
+def analyze(ok: pandas.DataFrame, runs) -> dict:
     mode = ok["opt/c8_mode"]
     records = []
     for (model, m), group in ok.assign(mode=mode).groupby(["model", "mode"], sort=True):
@@ -187,29 +198,16 @@ def analyze(rows):
     folded = ratios[ratios["ratio"] == "folded BN / no norm"]
     for r in folded.itertuples():
         evidence.append((f"{r.model} inference, BN folded / no norm", stats.Estimate(r.mean, r.low, r.high, int(r.n)), "x"))
-    runs = int(ok["seed"].nunique()) if len(ok) else 0
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=(
-            "For kerasnorm's layers and for Keras's, decisive: LN's extra time over BN (LN/BN "
-            "ratio - 1: the median of pairwise ratios within a run; interval over runs) is at "
-            f"least {MORE_PCT:g} % in the case where it is largest; secondary: it is at most "
-            f"{SLIGHTLY_PCT:g} % there."
-        ),
+    n_runs = int(ok["seed"].nunique())
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=None,
         evidence=evidence,
-        anchor=(
-            "RMSNorm paper (Zhang & Sennrich 2019): RMSNorm cuts 7%-64% of LN's running time; at "
-            "inference BN folds into an affine map (here: into the preceding kernel), LN cannot."
-        ),
         setup=(
             f"The study's MLP (3x100) and 1-D CNN (3x32 filters) at batch 256 on MNIST-1D-shaped "
             f"inputs, and an LSTM (64 units, 32 steps, batch 64) with the norm inside the "
             f"recurrence; norms none / BN / LN / RMSNorm and Keras's BN and LN; training "
-            f"(forward+backward) and inference; {runs} runs per case, each the median of timed "
+            f"(forward+backward) and inference; {n_runs} runs per case, each the median of timed "
             f"calls alternating the arms in one process. CPU, float32, tf.function (no XLA)."
         ),
         caveats=[
@@ -250,3 +248,15 @@ def figures(analysis, out_dir):
     ax.legend(fontsize=7, frameon=False)
     plotted = table.sort_values(["ratio", "model", "mode"]).reset_index(drop=True)
     return plots.save_figure(fig, "fig-c8-cost", out_dir, plotted)
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

@@ -34,8 +34,8 @@ import pandas
 import tensorflow as tf
 
 import kerasnorm
+from studies.claims import Claim, check_profile
 from studies.claims import _mlp_common as common
-from studies.claims import check_profile
 from studies.engine import tasks, training
 from studies.engine.config import RunConfig
 from studies.report import plots, stats
@@ -372,11 +372,9 @@ ANCHOR = (
 )
 
 
-def analyze(rows: pandas.DataFrame) -> dict:
-    """Accuracy, drift and gradient-based shift per arm, and the verdict."""
-    ok, note = common.usable_rows(rows)
-    if not len(ok):
-        return common.no_runs(CLAIM_ID, TITLE, RULE, ANCHOR, note)
+def analyze(ok: pandas.DataFrame, runs) -> dict:
+    """Accuracy, drift and gradient-based shift per arm, and the checks."""
+    note = runs.note
     runs = per_run(ok)
     est = {
         (arm, column): stats.estimate(runs.loc[runs["arm"] == arm, column])
@@ -463,15 +461,10 @@ def analyze(rows: pandas.DataFrame) -> dict:
         f"sigmoid inputs on {PROBE_EXAMPLES} fixed training examples; ‖G - G'‖ (Santurkar "
         "et al. Def. 2.1) for the kernels of hidden layers 2 and 3 on the step's batch."
     )
-    return stats.make_analysis(
-        claim=CLAIM_ID,
-        title=TITLE,
-        rule=RULE,
+    return dict(
         checks=checks,
-        seed_plan=SEED_PLAN,
         convergence=stats.convergence_table(ok, "opt/c9/arm"),
         evidence=evidence,
-        anchor=ANCHOR,
         setup=setup,
         caveats=caveats,
         tables={SUMMARY: _summary(runs), CURVES: _curves(ok), UNIT_TABLE: _unit_table(ok)},
@@ -539,3 +532,15 @@ def figures(analysis, out_dir):
         axes[0].legend(frameon=False, fontsize=8)
     paths += plots.save_figure(fig, "fig-c9-unit", out_dir, unit)
     return paths
+
+
+CLAIM = Claim(
+    id=CLAIM_ID,
+    title=TITLE,
+    rule=RULE,
+    anchor=ANCHOR,
+    seed_plan=SEED_PLAN,
+    grid=grid,
+    analyze=analyze,
+    figures=figures,
+)

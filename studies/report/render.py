@@ -102,13 +102,11 @@ def analyze_all(results_dir, figures_dir, profile=None):
     rows = planned_rows(load_rows(results_dir), profile, seeds)
     analyses = {}
     for claim_id in claims_registry.CLAIM_IDS:
-        module = claims_registry.load(claim_id)
-        claim_rows = rows[rows["claim"] == claim_id] if len(rows) else rows
-        if not len(claim_rows) or not hasattr(module, "analyze"):
+        if not len(rows) or not (rows["claim"] == claim_id).any():
             analyses[claim_id] = None
             continue
-        analysis = module.analyze(claim_rows.reset_index(drop=True))
-        module.figures(analysis, figures_dir)
+        analysis = claims_registry.analyze(claim_id, rows)
+        claims_registry.declaration(claim_id).figures(analysis, figures_dir)
         analyses[claim_id] = analysis
     return rows, analyses
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas
 import pytest
 
-from studies import bench
+from studies import bench, claims
 from studies.__main__ import main
 from studies.claims import c8_cost
 from studies.engine import sweep
@@ -133,7 +133,7 @@ def _rows(layer_over_batch, keras_ratio, seeds=5):
         for mode in ("train", "inference"):
             for seed in range(seeds):
                 rows.append({
-                    "claim": "C8", "status": "ok", "model": model, "seed": seed, "opt/c8.mode": mode,
+                    "claim": "C8", "status": "ok", "model": model, "seed": seed, "opt/c8_mode": mode,
                     "c8/ratio/layer_over_batch": layer_over_batch + rng.normal(0, 0.01),
                     "c8/ratio/keras_layer_over_keras_batch": keras_ratio + rng.normal(0, 0.01),
                     "c8/batch/ms": 1.0, "c8/layer/ms": layer_over_batch,
@@ -152,7 +152,7 @@ def _rows(layer_over_batch, keras_ratio, seeds=5):
     ],
 )
 def test_c8_verdict_follows_the_rule(ours, theirs, verdict):
-    analysis = c8_cost.analyze(_rows(ours, theirs))
+    analysis = claims.analyze("C8", _rows(ours, theirs))
     assert analysis["verdict"] == verdict
     ratios = pandas.DataFrame(analysis["tables"]["time ratios"])
     mlp_train = ratios[(ratios["model"] == "mlp") & (ratios["mode"] == "train") & (ratios["ratio"] == "kerasnorm LN / BN")]
@@ -161,7 +161,7 @@ def test_c8_verdict_follows_the_rule(ours, theirs, verdict):
 
 
 def test_c8_figure_holds_the_plotted_numbers(tmp_path):
-    analysis = c8_cost.analyze(_rows(1.3, 1.2))
+    analysis = claims.analyze("C8", _rows(1.3, 1.2))
     paths = c8_cost.figures(analysis, tmp_path)
     assert all(p.exists() for p in paths)
     plotted = pandas.read_csv(paths[2])
@@ -179,5 +179,5 @@ def test_c8_smoke_grid_runs(tmp_path):
     assert summary.ok == len(configs) == 2
     rows = load_rows(tmp_path)
     assert rows["c8/ratio/layer_over_batch"].notna().all()
-    inference = rows[rows["opt/c8.mode"] == "inference"]
+    inference = rows[rows["opt/c8_mode"] == "inference"]
     assert inference["c8/batch_folded/ms"].notna().all()

@@ -9,7 +9,9 @@ import numpy as np
 import pandas
 import pytest
 
+from studies import claims
 from studies.claims import c4_batch_size as c4
+from studies.engine import training
 from studies.report import stats
 from tests.studies.conftest import smoke_rows
 
@@ -53,7 +55,7 @@ def _outcomes(analysis):
 
 
 def test_supported_when_bn_rises_with_true_and_ghost_batches_and_ln_gn_stay_flat():
-    analysis = c4.analyze(_rows(_errors()))
+    analysis = claims.analyze("C4", _rows(_errors()))
     assert analysis["verdict"] == "supported"
     outcomes = _outcomes(analysis)
     assert set(outcomes.values()) == {"holds"} and len(outcomes) == 4 + 3
@@ -82,7 +84,7 @@ def test_supported_when_bn_rises_with_true_and_ghost_batches_and_ln_gn_stay_flat
     ],
 )
 def test_verdict_paths(errors, spread, verdict):
-    assert c4.analyze(_rows(errors, spread=spread))["verdict"] == verdict
+    assert claims.analyze("C4", _rows(errors, spread=spread))["verdict"] == verdict
 
 
 def test_an_unconverged_arm_leaves_its_checks_undecided():
@@ -90,11 +92,11 @@ def test_an_unconverged_arm_leaves_its_checks_undecided():
     bn2 = rows.index[(rows["model"] == "mlp") & (rows["norm"] == "batch") & (rows["batch_size"] == 2)]
     # one unconverged run of five: the arm's median run converged, the check decides
     rows.loc[bn2[:1], "train/loss"] = pandas.Series([STILL_FALLING], index=bn2[:1])
-    check = next(c for c in c4.analyze(rows)["checks"] if c["name"].startswith("BN error at batch 2") and c["decisive"])
+    check = next(c for c in claims.analyze("C4", rows)["checks"] if c["name"].startswith("BN error at batch 2") and c["decisive"])
     assert check["outcome"] == "holds"
     # three of five: it has not
     rows.loc[bn2[:3], "train/loss"] = pandas.Series([STILL_FALLING] * 3, index=bn2[:3])
-    analysis = c4.analyze(rows)
+    analysis = claims.analyze("C4", rows)
     check = next(c for c in analysis["checks"] if c["name"].startswith("BN error at batch 2") and c["decisive"])
     assert check["outcome"] == "undecided"
     assert any("not converged" in b and "norm=batch" in b for b in check["blockers"])
@@ -107,7 +109,7 @@ def test_two_arms_at_chance_cannot_show_a_difference():
     errors = _errors()
     errors[("mlp", "layer", 2, None)] = 89.6
     errors[("mlp", "layer", 32, None)] = 89.8
-    check = next(c for c in c4.analyze(_rows(errors, spread=0.05))["checks"] if c["name"].startswith("LN"))
+    check = next(c for c in claims.analyze("C4", _rows(errors, spread=0.05))["checks"] if c["name"].startswith("LN"))
     assert check["outcome"] == "undecided" and any("at the floor" in b for b in check["blockers"])
 
 
@@ -117,7 +119,7 @@ def test_diverged_runs_count_at_chance():
     rows.loc[bn2, "diverged"] = True
     rows.loc[bn2, ["final/test/accuracy", "c4/test_accuracy_batch_stats"]] = float("nan")
     failed = rows.iloc[:1].assign(status="error")
-    analysis = c4.analyze(pandas.concat([rows, failed], ignore_index=True))
+    analysis = claims.analyze("C4", pandas.concat([rows, failed], ignore_index=True))
     table = pandas.DataFrame(analysis["tables"][c4.ERROR_TABLE]).set_index(["model", "norm", "batch_size", "norm_batch"])
     bn = table.loc[("mlp", "batch", 2, 2)]
     assert bn["error_pp"] == pytest.approx(90.0) and bn["diverged"] == 5 and bn["n"] == 5
@@ -125,7 +127,7 @@ def test_diverged_runs_count_at_chance():
 
 
 def test_error_table_has_the_mode_gap_and_the_values_per_statistic():
-    table = pandas.DataFrame(c4.analyze(_rows(_errors()))["tables"][c4.ERROR_TABLE])
+    table = pandas.DataFrame(claims.analyze("C4", _rows(_errors()))["tables"][c4.ERROR_TABLE])
     assert np.allclose(table["mode_gap_pp"], 4.0)
     by = table.set_index(["model", "norm", "batch_size", "norm_batch"])
     assert by.loc[("cnn1d", "ghost", 32, 2), "values_per_statistic"] == 2 * c4.POSITIONS["cnn1d"]
@@ -133,8 +135,8 @@ def test_error_table_has_the_mode_gap_and_the_values_per_statistic():
 
 
 def test_figures_plot_the_tables(tmp_path):
-    analysis = c4.analyze(_rows(_errors()))
-    paths = c4.figures(analysis, tmp_path)
+    analysis = claims.analyze("C4", _rows(_errors()))
+    paths = c4.CLAIM.figures(analysis, tmp_path)
     assert sorted(p.name for p in paths) == sorted(
         f"{fig}.{ext}" for fig in ("fig-c4-batch-size", "fig-c4-values-per-statistic") for ext in ("png", "svg", "csv"))
     sizes = pandas.read_csv(tmp_path / "fig-c4-batch-size.csv")
@@ -147,7 +149,7 @@ def test_figures_plot_the_tables(tmp_path):
     assert relative.loc[("Wu & He BN", 2), "mean"] == pytest.approx(34.7 / 23.6)
     values = pandas.read_csv(tmp_path / "fig-c4-values-per-statistic.csv").set_index(["model", "batches", "values_per_statistic"])
     assert values.loc[("cnn1d", "batch", 20), "mean"] == pytest.approx(20.0)
-    again = c4.figures(analysis, tmp_path / "again")
+    again = c4.CLAIM.figures(analysis, tmp_path / "again")
     for a, b in zip(sorted(paths), sorted(again)):
         assert a.read_bytes() == b.read_bytes()
 
@@ -186,20 +188,20 @@ def test_schedule_warms_up_then_decays_to_zero_as_keras_cosine_decay():
     steps = [0, 1, 37, 99, 100, 101, 500, 998, 999]
     np.testing.assert_allclose(rates[steps], [float(keras_schedule(s)) for s in steps], rtol=1e-6, atol=1e-9)
     # a standalone run reads the same table through `StepRates`
-    schedule = c4.training.StepRates(rates)
+    schedule = training.StepRates(rates)
     assert [float(schedule(s)) for s in (0, 550, 999, 5000)] == [rates[0], rates[550], rates[999], rates[999]]
 
 
 def test_smoke_runs_end_to_end(smoke_results):
     rows = smoke_rows(smoke_results, "C4")
     assert rows["c4/test_accuracy_batch_stats"].between(0, 1).all()
-    analysis = c4.analyze(rows)
+    analysis = claims.analyze("C4", rows)
     assert analysis["verdict"] in stats.VERDICTS
     assert {c["name"].split(",")[-1].strip() for c in analysis["checks"]} == {"MLP", "CNN"}
 
 
 def test_a_claim_whose_runs_all_failed_is_inconclusive_without_figures(tmp_path):
     rows = pandas.DataFrame([{"claim": "C4", "status": "error", "error": "Traceback ..."}] * 3)
-    analysis = c4.analyze(rows)
+    analysis = claims.analyze("C4", rows)
     assert analysis["verdict"] == "inconclusive" and "All 3 run(s) failed" in analysis["caveats"][0]
-    assert c4.figures(analysis, tmp_path) == []
+    assert c4.CLAIM.figures(analysis, tmp_path) == []

@@ -8,6 +8,7 @@ import pandas
 import pytest
 
 import kerasnorm
+from studies import claims
 from studies.claims import c4b_small_batch as c4b
 from studies.engine import models, stacked, training
 from studies.report import stats
@@ -62,7 +63,7 @@ def _by_name(analysis, start):
 
 
 def test_supported_when_every_remedy_recovers_bn_at_32():
-    analysis = c4b.analyze(_rows(_errors()))
+    analysis = claims.analyze("C4b", _rows(_errors()))
     assert analysis["verdict"] == "supported"
     decisive = [c for c in analysis["checks"] if c["decisive"]]
     # BN's degradation, the seven remedies on the MLP, and FRN on the CNN.
@@ -81,28 +82,28 @@ def test_supported_when_every_remedy_recovers_bn_at_32():
     ],
 )
 def test_verdict_paths(errors, spread, verdict):
-    analysis = c4b.analyze(_rows(errors, spread=spread))
+    analysis = claims.analyze("C4b", _rows(errors, spread=spread))
     assert analysis["verdict"] == verdict
 
 
 def test_not_supported_when_bn_does_not_degrade_and_no_remedy_matches_it():
     errors = _errors(works=50.0, frn=15.0)
     errors[("mlp", "bn", 32, 2)] = 35.5
-    analysis = c4b.analyze(_rows(errors))
+    analysis = claims.analyze("C4b", _rows(errors))
     assert {c["outcome"] for c in analysis["checks"] if c["decisive"]} == {"fails"}
     assert analysis["verdict"] == "not supported"
 
 
 def test_post_hoc_arms_are_the_bn_runs_columns_and_share_their_convergence():
     rows = _rows(_errors(weighed=55.0))
-    table = pandas.DataFrame(c4b.analyze(rows)["tables"][c4b.ERROR_TABLE]).set_index(["model", "arm", "batch_size", "norm_batch"])
+    table = pandas.DataFrame(claims.analyze("C4b", rows)["tables"][c4b.ERROR_TABLE]).set_index(["model", "arm", "batch_size", "norm_batch"])
     assert table.loc[("mlp", "weighed", 32, 2), "error_pp"] == pytest.approx(55.0)
     assert table.loc[("mlp", "recalibrated", 32, 2), "error_pp"] == pytest.approx(35.0)
     # The BN run behind them did not converge: its post-hoc arms cannot be compared either.
     bn = rows.index[(rows["model"] == "mlp") & (rows["norm"] == "ghost") & rows["opt/freeze_at"].isna()
                     & (rows["virtual_batch_size"] == 2)]
     rows.loc[bn[:2], "train/loss"] = pandas.Series([STILL_FALLING] * 2, index=bn[:2])  # 2 of 3 runs
-    analysis = c4b.analyze(rows)
+    analysis = claims.analyze("C4b", rows)
     check = _by_name(analysis, "BN + recalibrate error with ghost")
     assert check["outcome"] == "undecided" and any("not converged" in b for b in check["blockers"])
     assert analysis["verdict"] == "inconclusive"
@@ -110,14 +111,14 @@ def test_post_hoc_arms_are_the_bn_runs_columns_and_share_their_convergence():
 
 
 def test_differences_table_pairs_each_arm_with_bn():
-    table = pandas.DataFrame(c4b.analyze(_rows(_errors()))["tables"][c4b.DIFFERENCES_TABLE])
+    table = pandas.DataFrame(claims.analyze("C4b", _rows(_errors()))["tables"][c4b.DIFFERENCES_TABLE])
     row = table[(table["model"] == "mlp") & (table["arm"] == "renorm")].iloc[0]
     assert row["minus_bn_same_batch_pp"] == pytest.approx(-25.0) and row["minus_bn_reference_pp"] == pytest.approx(0.0)
 
 
 def test_figure_plots_the_error_table(tmp_path):
-    analysis = c4b.analyze(_rows(_errors()))
-    paths = c4b.figures(analysis, tmp_path)
+    analysis = claims.analyze("C4b", _rows(_errors()))
+    paths = c4b.CLAIM.figures(analysis, tmp_path)
     assert sorted(p.name for p in paths) == [f"fig-c4b-remedies.{ext}" for ext in ("csv", "png", "svg")]
     data = pandas.read_csv(tmp_path / "fig-c4b-remedies.csv").set_index(["model", "arm", "norm_batch"])
     assert data.loc[("mlp", "bn", 2), "mean"] == pytest.approx(60.0)
@@ -161,7 +162,7 @@ def test_smoke_runs_end_to_end(smoke_results):
         assert bn[column].between(0, 1).all()
     frozen = rows[rows["opt/freeze_at"].notna()]
     assert (frozen["c4b/frozen_at_step"] >= 0).all()
-    analysis = c4b.analyze(rows)
+    analysis = claims.analyze("C4b", rows)
     assert analysis["verdict"] in stats.VERDICTS
 
 
@@ -176,6 +177,6 @@ def test_c4b_is_registered_after_c4_in_any_case():
 
 def test_a_claim_whose_runs_all_failed_is_inconclusive_without_figures(tmp_path):
     rows = pandas.DataFrame([{"claim": "C4b", "status": "error", "error": "Traceback ..."}] * 2)
-    analysis = c4b.analyze(rows)
+    analysis = claims.analyze("C4b", rows)
     assert analysis["verdict"] == "inconclusive" and "All 2 run(s) failed" in analysis["caveats"][0]
-    assert c4b.figures(analysis, tmp_path) == []
+    assert c4b.CLAIM.figures(analysis, tmp_path) == []

@@ -9,6 +9,7 @@ import pandas
 import pytest
 
 import kerasnorm
+from studies import claims
 from studies.claims import _cnn_common as common
 from studies.claims import c2_inference_statistics as c2
 from studies.claims import c7_cnn as c7
@@ -92,7 +93,7 @@ def _c7_errors(mnist1d_ln, digits_ln, digits_bn=4.0):
     ],
 )
 def test_c7_verdict_follows_the_checks(mnist1d_ln, digits_ln, spread, verdict):
-    analysis = c7.analyze(_c7_rows(_c7_errors(mnist1d_ln, digits_ln), spread=spread))
+    analysis = claims.analyze("C7", _c7_rows(_c7_errors(mnist1d_ln, digits_ln), spread=spread))
     assert analysis["verdict"] == verdict, analysis["checks"]
     first = analysis["checks"][0]
     assert first["decisive"] and first["kind"] == "at_least"
@@ -102,11 +103,11 @@ def test_c7_verdict_follows_the_checks(mnist1d_ln, digits_ln, spread, verdict):
 
 
 def test_c7_undecided_at_the_ceiling_and_when_not_converged():
-    ceiling = c7.analyze(_c7_rows(_c7_errors(12.0, 0.6, digits_bn=0.2), spread=0.05))
+    ceiling = claims.analyze("C7", _c7_rows(_c7_errors(12.0, 0.6, digits_bn=0.2), spread=0.05))
     digits = ceiling["checks"][1]
     assert digits["outcome"] == "undecided" and any("ceiling" in b for b in digits["blockers"])
     assert ceiling["verdict"] == "inconclusive"
-    falling = c7.analyze(_c7_rows(_c7_errors(12.0, 8.0), losses={("mnist1d", "layer"): C7_FALLING}))
+    falling = claims.analyze("C7", _c7_rows(_c7_errors(12.0, 8.0), losses={("mnist1d", "layer"): C7_FALLING}))
     assert any("not converged" in b and "layer" in b for b in falling["checks"][0]["blockers"])
     assert falling["checks"][1]["outcome"] == "holds" and falling["verdict"] == "inconclusive"
     table = pandas.DataFrame(falling["convergence"]).set_index(["dataset", "norm"])
@@ -114,8 +115,8 @@ def test_c7_undecided_at_the_ceiling_and_when_not_converged():
 
 
 def test_c7_figure_plots_the_table(tmp_path):
-    analysis = c7.analyze(_c7_rows(_c7_errors(12.0, 6.0)))
-    data = _figure_files(c7.figures(analysis, tmp_path), "fig-c7-cnn")
+    analysis = claims.analyze("C7", _c7_rows(_c7_errors(12.0, 6.0)))
+    data = _figure_files(c7.CLAIM.figures(analysis, tmp_path), "fig-c7-cnn")
     assert len(data) == 8
     # Datasets and arms in the study's order, not the alphabet's.
     assert list(data["dataset"]) == ["mnist1d"] * 4 + ["digits"] * 4
@@ -137,7 +138,7 @@ def test_c7_smoke_runs_end_to_end(smoke_results, tmp_path):
     rows = smoke_rows(smoke_results, "C7")
     assert set(rows["dataset"]) == {"mnist1d", "digits"}
     assert rows["final/train_eval/accuracy"].between(0, 1).all()
-    assert c7.analyze(rows)["verdict"] in stats.VERDICTS
+    assert claims.analyze("C7", rows)["verdict"] in stats.VERDICTS
 
 
 # -- C2 -------------------------------------------------------------------------------------
@@ -175,33 +176,33 @@ def _outcomes(analysis):
 
 
 def test_c2_verdict_follows_the_rule():
-    supported = c2.analyze(_c2_rows())
+    supported = claims.analyze("C2", _c2_rows())
     assert supported["verdict"] == "supported"
     assert _outcomes(supported) == ["holds"] * 5  # 2 equivalences, independence, 2 collapses
     first = supported["evidence"][0]
     assert "EMA minus population" in first["label"] and first["mean"] == pytest.approx(-0.24)
     # The EMA lags by 2 pp at the default momentum (wholly outside +-1 pp) and a CNN's batch
     # of one keeps 60 %: the equivalences fail, independence holds, a secondary check fails.
-    partly = c2.analyze(_c2_rows(ema_gap_099=2.0, single_cnn=60.0))
+    partly = claims.analyze("C2", _c2_rows(ema_gap_099=2.0, single_cnn=60.0))
     assert partly["verdict"] == "partly supported"
     assert _outcomes(partly) == ["fails", "fails", "holds", "holds", "fails"]
     # No decisive check holds.
-    assert c2.analyze(_c2_rows(ema_gap_099=2.0, inference_diff=0.5))["verdict"] == "not supported"
+    assert claims.analyze("C2", _c2_rows(ema_gap_099=2.0, inference_diff=0.5))["verdict"] == "not supported"
 
 
 def test_c2_an_unconverged_or_saturated_model_leaves_the_equivalence_undecided():
-    falling = c2.analyze(_c2_rows(mlp_loss=FALLING))
+    falling = claims.analyze("C2", _c2_rows(mlp_loss=FALLING))
     assert falling["verdict"] == "inconclusive"
     assert falling["checks"][0]["blockers"] == ["not converged: model=mlp (0 of 5 runs)"]
     assert falling["checks"][1]["outcome"] == "holds"
-    ceiling = c2.analyze(_c2_rows(population=99.4))
+    ceiling = claims.analyze("C2", _c2_rows(population=99.4))
     assert ceiling["verdict"] == "inconclusive"
     assert all(c["blockers"][0].startswith("at the ceiling") for c in ceiling["checks"][:2])
 
 
 def test_c2_figure_plots_the_accuracy_table(tmp_path):
-    analysis = c2.analyze(_c2_rows())
-    data = _figure_files(c2.figures(analysis, tmp_path), "fig-c2-inference-statistics")
+    analysis = claims.analyze("C2", _c2_rows())
+    data = _figure_files(c2.CLAIM.figures(analysis, tmp_path), "fig-c2-inference-statistics")
     assert len(data) == 2 * 3 * 4
     by = data.set_index(["model", "bn_momentum", "statistics"])
     assert by.loc[("cnn1d", 0.999, "ema"), "mean"] == pytest.approx(70.0)
@@ -236,7 +237,7 @@ def test_c2_smoke_runs_end_to_end(smoke_results, tmp_path):
 @pytest.mark.parametrize("module", [c2, c7], ids=lambda m: m.CLAIM_ID)
 def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
     rows = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "Traceback ..."}] * 3)
-    analysis = module.analyze(rows)
+    analysis = claims.analyze(module.CLAIM_ID, rows)
     assert analysis["verdict"] == "inconclusive"
     assert [c["outcome"] for c in analysis["checks"]] == ["undecided"]
     assert "All 3 run(s) failed" in analysis["caveats"][0]

@@ -10,6 +10,7 @@ import pandas
 import pytest
 import tensorflow as tf
 
+from studies import claims
 from studies.claims import c1_speed as c1
 from studies.claims import c3_regularization as c3
 from studies.claims import c9_covariate_shift as c9
@@ -64,7 +65,7 @@ def test_c1_steps_to_target_counts_censored_runs_at_the_budget():
 
 
 def test_c1_supported_when_batch_norm_is_faster_and_tolerates_a_higher_rate():
-    analysis = c1.analyze(_c1_rows())
+    analysis = claims.analyze("C1", _c1_rows())
     assert analysis["verdict"] == "supported"
     assert [c["outcome"] for c in analysis["checks"]] == ["holds", "holds"]
     saved, higher = analysis["checks"]
@@ -83,14 +84,14 @@ def test_c1_supported_when_batch_norm_is_faster_and_tolerates_a_higher_rate():
 
 
 def test_c1_not_supported_when_batch_norm_is_neither_faster_nor_more_stable():
-    analysis = c1.analyze(_c1_rows(bn_fast=False, bn_stable_higher=False))
+    analysis = claims.analyze("C1", _c1_rows(bn_fast=False, bn_stable_higher=False))
     assert analysis["verdict"] == "not supported"
     assert [c["outcome"] for c in analysis["checks"]] == ["fails", "fails"]
 
 
 def test_c1_inconclusive_when_the_steps_saved_span_the_threshold():
     # BN saves 0, 25, 50, 0 and 75 % of the steps: mean 30 %, an interval around 20 %.
-    analysis = c1.analyze(_c1_rows(bn_stable_higher=False, bn_reach={0: 8, 1: 6, 2: 4, 3: 8, 4: 2}))
+    analysis = claims.analyze("C1", _c1_rows(bn_stable_higher=False, bn_reach={0: 8, 1: 6, 2: 4, 3: 8, 4: 2}))
     saved = analysis["checks"][0]
     assert saved["effect"]["low"] < c1.STEPS_SAVED_PCT < saved["effect"]["high"]
     assert saved["outcome"] == "undecided" and analysis["verdict"] == "inconclusive"
@@ -100,22 +101,22 @@ def test_c1_inconclusive_when_the_steps_saved_span_the_threshold():
 def test_c1_a_censored_run_leaves_the_steps_undecided():
     rows = _c1_rows()
     never = (rows["norm"] == "none") & (rows["learning_rate"] == 0.1) & (rows["seed"] == 0)
-    rows.loc[never, "test/accuracy"] = [tuple([0.2] * 10)]
-    saved = c1.analyze(rows)["checks"][0]
+    rows["test/accuracy"] = [tuple([0.2] * 10) if hit else value for hit, value in zip(never, rows["test/accuracy"])]
+    saved = claims.analyze("C1", rows)["checks"][0]
     assert saved["outcome"] == "undecided"
     assert saved["blockers"] == ["censored: 1 of 5 no norm runs never reached the target"]
 
 
 def test_c1_partly_supported_when_one_activation_of_two_shows_it():
     relu = _c1_rows(bn_fast=False, bn_stable_higher=False).assign(activation="relu")
-    analysis = c1.analyze(pandas.concat([_c1_rows(), relu], ignore_index=True))
+    analysis = claims.analyze("C1", pandas.concat([_c1_rows(), relu], ignore_index=True))
     assert analysis["verdict"] == "partly supported"
 
 
 def test_c1_counts_failed_runs_and_leaves_them_out():
     rows = _c1_rows()
     failed = {**rows.iloc[0].to_dict(), "status": "error", "test/accuracy": (), "final/test/accuracy": math.nan}
-    analysis = c1.analyze(pandas.concat([rows, pandas.DataFrame([failed])], ignore_index=True))
+    analysis = claims.analyze("C1", pandas.concat([rows, pandas.DataFrame([failed])], ignore_index=True))
     assert analysis["verdict"] == "supported"
     assert any("1 of 21 runs failed" in c for c in analysis["caveats"])
 
@@ -129,15 +130,15 @@ def _read_csv_and_check_files(paths, fig_id):
 
 
 def test_c1_figures_write_the_plotted_numbers(tmp_path):
-    analysis = c1.analyze(_c1_rows())
-    paths = c1.figures(analysis, tmp_path)
+    analysis = claims.analyze("C1", _c1_rows())
+    paths = c1.CLAIM.figures(analysis, tmp_path)
     csv = _read_csv_and_check_files([p for p in paths if p.stem == "fig-c1-steps-vs-lr"], "fig-c1-steps-vs-lr")
     table = pandas.DataFrame(analysis["tables"][c1.BY_LR])
     assert np.allclose(np.sort(csv["mean"]), np.sort(table["mean"]))
     _read_csv_and_check_files([p for p in paths if p.stem == "fig-c1-curves"], "fig-c1-curves")
     # Regenerating gives the same bytes.
     first = {p.name: p.read_bytes() for p in paths}
-    again = c1.figures(analysis, tmp_path / "again")
+    again = c1.CLAIM.figures(analysis, tmp_path / "again")
     assert {p.name: p.read_bytes() for p in again} == first
 
 
@@ -179,7 +180,7 @@ def _c3_outcomes(analysis):
 
 
 def test_c3_supported_when_every_check_holds():
-    analysis = c3.analyze(_c3_rows(REGULARIZES))
+    analysis = claims.analyze("C3", _c3_rows(REGULARIZES))
     assert analysis["verdict"] == "supported", analysis["checks"]
     assert _c3_outcomes(analysis) == ["holds"] * 4
     headline = analysis["checks"][0]
@@ -194,14 +195,14 @@ def test_c3_supported_when_every_check_holds():
 
 def test_c3_not_supported_when_the_narrowing_is_clearly_below_slight():
     none = REGULARIZES | {"batch 64": 49.8}  # narrowing 0.2 pp, interval wholly below 1 pp
-    analysis = c3.analyze(_c3_rows(none, spread={"none": 0.1, "batch 64": 0.1}))
+    analysis = claims.analyze("C3", _c3_rows(none, spread={"none": 0.1, "batch 64": 0.1}))
     assert analysis["checks"][0]["outcome"] == "fails"
     assert analysis["verdict"] == "not supported"
 
 
 def test_c3_inconclusive_when_the_narrowing_interval_spans_slight():
     wide = REGULARIZES | {"batch 64": 48.8}  # narrowing 1.2 pp, seeds spread by several pp
-    analysis = c3.analyze(_c3_rows(wide, spread={"batch 64": 6.0}))
+    analysis = claims.analyze("C3", _c3_rows(wide, spread={"batch 64": 6.0}))
     first = analysis["checks"][0]
     assert first["effect"]["low"] < c3.SLIGHT_PP < first["effect"]["high"]
     assert first["outcome"] == "undecided" and not first["blockers"]
@@ -209,19 +210,19 @@ def test_c3_inconclusive_when_the_narrowing_interval_spans_slight():
 
 
 def test_c3_inconclusive_when_an_arm_has_not_converged_or_does_not_fit():
-    unconverged = c3.analyze(_c3_rows(REGULARIZES, losses={"batch 64": STILL_FALLING}))
+    unconverged = claims.analyze("C3", _c3_rows(REGULARIZES, losses={"batch 64": STILL_FALLING}))
     assert unconverged["verdict"] == "inconclusive"
     assert any("not converged" in b and "batch 64" in b for b in unconverged["checks"][0]["blockers"])
     conv = pandas.DataFrame(unconverged["convergence"]).set_index("arm")
     assert conv.loc["batch 64", "converged"] == 0 and conv.loc["none", "converged"] == len(SEEDS)
-    underfit = c3.analyze(_c3_rows(REGULARIZES, train={a: 0.9 if a == "batch 64" else 1.0 for a in REGULARIZES}))
+    underfit = claims.analyze("C3", _c3_rows(REGULARIZES, train={a: 0.9 if a == "batch 64" else 1.0 for a in REGULARIZES}))
     assert any("does not fit" in b for b in underfit["checks"][0]["blockers"])
     assert underfit["verdict"] == "inconclusive"
 
 
 def test_c3_partly_supported_when_the_noise_free_arm_keeps_the_effect():
     kept = REGULARIZES | {"batch, no noise": 47.0}
-    analysis = c3.analyze(_c3_rows(kept))
+    analysis = claims.analyze("C3", _c3_rows(kept))
     assert analysis["verdict"] == "partly supported"
     assert _c3_outcomes(analysis) == ["holds", "holds", "fails", "holds"]
 
@@ -229,7 +230,7 @@ def test_c3_partly_supported_when_the_noise_free_arm_keeps_the_effect():
 def test_c3_fixed_batches_check_is_the_difference_in_differences():
     # Fixed batches widen both gaps by 0.5 pp: no cost to BN beyond what no norm pays.
     same = REGULARIZES | {"batch 64, fixed batches": 47.5}
-    check = c3.analyze(_c3_rows(same, spread={a: 0.0 for a in REGULARIZES}))["checks"][3]
+    check = claims.analyze("C3", _c3_rows(same, spread={a: 0.0 for a in REGULARIZES}))["checks"][3]
     assert "fixed batches" in check["name"]
     assert check["effect"]["mean"] == pytest.approx(0.0) and check["outcome"] == "fails"
 
@@ -239,15 +240,15 @@ def test_c3_pairs_runs_by_seed_when_one_diverged():
     diverged = (rows["opt/c3/arm"] == "batch 64") & (rows["seed"] == 0)
     rows.loc[diverged, ["final/test/accuracy", "final/train_eval/accuracy"]] = np.nan
     rows.loc[diverged, "diverged"] = True
-    analysis = c3.analyze(rows)
+    analysis = claims.analyze("C3", rows)
     headline, like_dropout = analysis["checks"][:2]
     assert headline["effect"]["n"] == len(SEEDS) - 1 and headline["effect"]["mean"] == pytest.approx(3.0)
     assert like_dropout["effect"]["n"] == len(SEEDS) - 1 and like_dropout["effect"]["mean"] == pytest.approx(1.0)
 
 
 def test_c3_figure_csv_holds_each_arm_gap(tmp_path):
-    analysis = c3.analyze(_c3_rows(REGULARIZES))
-    csv = _read_csv_and_check_files(c3.figures(analysis, tmp_path), "fig-c3-gap")
+    analysis = claims.analyze("C3", _c3_rows(REGULARIZES))
+    csv = _read_csv_and_check_files(c3.CLAIM.figures(analysis, tmp_path), "fig-c3-gap")
     assert list(csv["arm"]) == list(c3.ARMS)
     assert csv.set_index("arm").loc["batch 64", "gap_mean"] == pytest.approx(47.0)
 
@@ -322,7 +323,7 @@ def _c9_rows(bn_shift, noisy_accuracy, logs=4, loss=(2.3, 1.0, 0.6, 0.59)):
 
 
 def test_c9_replicating_santurkar_is_not_supported():
-    analysis = c9.analyze(_c9_rows(bn_shift=0.10, noisy_accuracy=0.65))
+    analysis = claims.analyze("C9", _c9_rows(bn_shift=0.10, noisy_accuracy=0.65))
     assert analysis["verdict"] == "not supported"
     shift, lost, _ = analysis["checks"]
     assert shift["effect"]["mean"] == pytest.approx(-100.0)  # twice no norm's shift
@@ -330,14 +331,14 @@ def test_c9_replicating_santurkar_is_not_supported():
 
 
 def test_c9_supported_when_batch_norm_lowers_the_shift_and_noise_removes_the_benefit():
-    analysis = c9.analyze(_c9_rows(bn_shift=0.01, noisy_accuracy=0.45))
+    analysis = claims.analyze("C9", _c9_rows(bn_shift=0.01, noisy_accuracy=0.45))
     assert analysis["verdict"] == "supported"
     assert [c["outcome"] for c in analysis["checks"]] == ["holds"] * 3
     assert analysis["checks"][1]["effect"]["mean"] == pytest.approx(20.0)
 
 
 def test_c9_accuracy_check_waits_for_convergence():
-    analysis = c9.analyze(_c9_rows(bn_shift=0.01, noisy_accuracy=0.45, loss=(2.3, 2.0, 1.7, 1.4)))
+    analysis = claims.analyze("C9", _c9_rows(bn_shift=0.01, noisy_accuracy=0.45, loss=(2.3, 2.0, 1.7, 1.4)))
     assert analysis["verdict"] == "inconclusive"
     lost = analysis["checks"][1]
     assert lost["outcome"] == "undecided" and len(lost["blockers"]) == 2  # batch and noisy batch
@@ -345,8 +346,8 @@ def test_c9_accuracy_check_waits_for_convergence():
 
 
 def test_c9_figures_write_the_plotted_numbers(tmp_path):
-    analysis = c9.analyze(_c9_rows(bn_shift=0.10, noisy_accuracy=0.65))
-    paths = c9.figures(analysis, tmp_path)
+    analysis = claims.analyze("C9", _c9_rows(bn_shift=0.10, noisy_accuracy=0.65))
+    paths = c9.CLAIM.figures(analysis, tmp_path)
     shift = _read_csv_and_check_files([p for p in paths if p.stem == "fig-c9-shift"], "fig-c9-shift")
     drift, gradient = c9.MEASURES["drift"], c9.MEASURES[f"ics_l2/{c9.MEASURED[-1]}"]
     assert set(shift["measure"]) == {"test accuracy", drift, gradient}
@@ -416,11 +417,11 @@ def test_c9_gradient_shift_is_zero_when_earlier_layers_do_not_move():
 @pytest.mark.parametrize("module", [c1, c3, c9], ids=lambda m: m.CLAIM_ID)
 def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path):
     failed = pandas.DataFrame([{"claim": module.CLAIM_ID, "status": "error", "error": "boom", "seed": s} for s in SEEDS])
-    analysis = module.analyze(failed)
+    analysis = claims.analyze(module.CLAIM_ID, failed)
     assert analysis["verdict"] == "inconclusive"
     assert [c["outcome"] for c in analysis["checks"]] == ["undecided"]
-    assert "5 of 5 runs failed" in analysis["caveats"][0]
-    assert module.figures(analysis, tmp_path) == []
+    assert "All 5 run(s) failed" in analysis["caveats"][0]
+    assert module.CLAIM.figures(analysis, tmp_path) == []
 
 
 # --- End to end -------------------------------------------------------------------------
@@ -429,7 +430,7 @@ def test_a_claim_whose_runs_all_failed_is_reported_not_analyzed(module, tmp_path
 def test_smoke_grids_run_end_to_end_and_analyze(smoke_results, tmp_path):
     for module in (c1, c3, c9):
         claim_rows = smoke_rows(smoke_results, module.CLAIM_ID)
-        analysis = module.analyze(claim_rows)
+        analysis = claims.analyze(module.CLAIM_ID, claim_rows)
         assert analysis["verdict"] in stats.VERDICTS
         written = module.figures(analysis, tmp_path / "figures")
         assert {p.stem for p in written} == set(analysis["figures"])

@@ -1,6 +1,7 @@
 """The sequence claims (C5, C6): their measurements, their analyses on synthetic result
 tables, their figures, and their smoke grids end to end."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,7 +9,6 @@ import pandas
 import pytest
 
 from studies import claims
-from studies.claims import _sequence_common as common
 from studies.claims import c5_recurrent as c5
 from studies.claims import c6_layer_norm_sequences as c6
 from studies.report import stats
@@ -32,13 +32,29 @@ def _assert_regenerates_identically(module, analysis, tmp_path):
 # -- shared -------------------------------------------------------------------------------
 
 
-def test_usable_rows_keeps_ok_rows_and_counts_failed_and_diverged():
-    rows = pandas.DataFrame(
-        {"status": ["ok", "ok", "error", "ok"], "diverged": [False, True, None, False], "x": [1, 2, 3, 4]}
-    )
-    ok, note = common.usable_rows(rows)
-    assert ok["x"].tolist() == [1, 2, 4]
-    assert "3 runs ok, 1 failed" in note and "1 of the ok runs diverged" in note
+def test_the_framework_keeps_ok_rows_and_counts_failed_and_diverged(monkeypatch):
+    seen = {}
+
+    def analyze(ok, runs):
+        seen.update(ok=ok, runs=runs)
+        return claims.no_runs(runs)
+
+    monkeypatch.setattr(c5, "CLAIM", dataclasses.replace(c5.CLAIM, analyze=analyze))
+    rows = pandas.DataFrame({
+        "claim": ["C5", "C5", "C5", "C5", "C6"], "status": ["ok", "ok", "error", "ok", "ok"],
+        "diverged": [False, True, None, False, False], "x": [1, 2, 3, 4, 5],
+    })  # fmt: skip
+    claims.analyze("C5", rows)
+    assert seen["ok"]["x"].tolist() == [1, 2, 4]
+    assert "3 runs ok, 1 failed" in seen["runs"].summary and "1 of the ok runs diverged" in seen["runs"].summary
+
+
+def test_a_claim_without_finished_runs_is_inconclusive_one_way_for_all():
+    for claim_id in claims.CLAIM_IDS:
+        rows = pandas.DataFrame({"claim": [claim_id], "status": ["error"], "key": ["k"]})
+        analysis = claims.analyze(claim_id, rows)
+        assert analysis["verdict"] == "inconclusive"
+        assert analysis["caveats"] == ["All 1 run(s) failed; their errors are in the stored rows."]
 
 
 # -- C5 -----------------------------------------------------------------------------------
@@ -100,7 +116,7 @@ def _outcomes(analysis):
 
 def test_c5_supported_when_bn_needs_per_step_statistics_and_still_degrades_more():
     rows = _c5_rows(le_T={NONE: 85, SHARED: 60, STEP: 85, LN: 85}, gt_T={NONE: 65, SHARED: 40, STEP: 50, LN: 70})
-    analysis = c5.analyze(rows)
+    analysis = claims.analyze("C5", rows)
     assert analysis["verdict"] == "supported"
     assert _outcomes(analysis) == {c5.WORKAROUND_CHECK: "holds", c5.DEGRADATION_CHECK: "holds"}
     assert analysis["headline"] == c5.DEGRADATION_CHECK
@@ -112,11 +128,11 @@ def test_c5_supported_when_bn_needs_per_step_statistics_and_still_degrades_more(
 
 def test_c5_not_supported_when_bn_arms_match_ln_and_partly_when_one_check_holds():
     rows = _c5_rows(le_T={NONE: 85, SHARED: 85, STEP: 85, LN: 85}, gt_T={NONE: 70, SHARED: 70, STEP: 70, LN: 70})
-    analysis = c5.analyze(rows)
+    analysis = claims.analyze("C5", rows)
     assert set(_outcomes(analysis).values()) == {"fails"}  # intervals wholly below 3 pp
     assert analysis["verdict"] == "not supported"
     rows = _c5_rows(le_T={NONE: 85, SHARED: 85, STEP: 85, LN: 85}, gt_T={NONE: 70, SHARED: 70, STEP: 55, LN: 70})
-    analysis = c5.analyze(rows)
+    analysis = claims.analyze("C5", rows)
     assert _outcomes(analysis) == {c5.WORKAROUND_CHECK: "fails", c5.DEGRADATION_CHECK: "holds"}
     assert analysis["verdict"] == "partly supported"
 
@@ -125,7 +141,7 @@ def test_c5_inconclusive_when_an_arm_has_not_converged_or_both_sit_at_the_ceilin
     rows = _c5_rows(
         le_T={NONE: 85, SHARED: 60, STEP: 85, LN: 85}, gt_T={NONE: 65, SHARED: 40, STEP: 50, LN: 70}, falling={LN}
     )
-    analysis = c5.analyze(rows)
+    analysis = claims.analyze("C5", rows)
     degradation = next(c for c in analysis["checks"] if c["name"] == c5.DEGRADATION_CHECK)
     assert degradation["outcome"] == "undecided" and degradation["effect"]["low"] > c5.DEGRADATION_PP
     assert any(b.startswith("not converged: arm=LN") for b in degradation["blockers"])
@@ -134,7 +150,7 @@ def test_c5_inconclusive_when_an_arm_has_not_converged_or_both_sit_at_the_ceilin
     rows = _c5_rows(
         le_T={NONE: 99.8, SHARED: 99.8, STEP: 99.8, LN: 99.8}, gt_T={NONE: 65, SHARED: 40, STEP: 50, LN: 70}, noise=0.1
     )
-    workaround = next(c for c in c5.analyze(rows)["checks"] if c["name"] == c5.WORKAROUND_CHECK)
+    workaround = next(c for c in claims.analyze("C5", rows)["checks"] if c["name"] == c5.WORKAROUND_CHECK)
     assert workaround["outcome"] == "undecided" and workaround["blockers"][0].startswith("at the ceiling")
 
 
@@ -144,7 +160,7 @@ def test_c5_a_diverged_run_drops_out_of_the_pairs_and_is_counted():
         diverged={(SHARED, 0)},
     )  # fmt: skip
     errored = rows.iloc[[0]].assign(status="error", seed=99)
-    analysis = c5.analyze(pandas.concat([rows, errored], ignore_index=True))
+    analysis = claims.analyze("C5", pandas.concat([rows, errored], ignore_index=True))
     workaround = next(c for c in analysis["checks"] if c["name"] == c5.WORKAROUND_CHECK)
     assert workaround["effect"]["n"] == 4
     assert {r["arm"]: r["diverged"] for r in analysis["convergence"]}[SHARED] == 1
@@ -153,8 +169,8 @@ def test_c5_a_diverged_run_drops_out_of_the_pairs_and_is_counted():
 
 def test_c5_figures_plot_the_analysis_tables(tmp_path):
     rows = _c5_rows(le_T={NONE: 85, SHARED: 60, STEP: 85, LN: 85}, gt_T={NONE: 65, SHARED: 40, STEP: 50, LN: 70})
-    analysis = c5.analyze(rows)
-    paths = c5.figures(analysis, tmp_path)
+    analysis = claims.analyze("C5", rows)
+    paths = c5.CLAIM.figures(analysis, tmp_path)
     assert set(analysis["figures"]) == {p.stem for p in paths}
     curve = _figure_files(paths, "fig-c5-length")
     table = pandas.DataFrame(analysis["tables"]["test accuracy (%) by length"])
@@ -247,7 +263,7 @@ def test_c6_supported_when_ln_holds_up_and_bn_fluctuates_more_on_tokens():
         fluct_mean={TOK_BN: 0.2, CNN_BN: 0.05},
         fluct_var={TOK_BN: 0.3, CNN_BN: 0.1},
     )
-    analysis = c6.analyze(rows)
+    analysis = claims.analyze("C6", rows)
     assert analysis["verdict"] == "supported"
     assert set(_outcomes(analysis).values()) == {"holds"}
     assert analysis["headline"] == c6.ACCURACY_CHECK
@@ -263,17 +279,17 @@ def test_c6_verdict_flips_with_the_fluctuation_and_the_accuracy():
         fluct_mean={TOK_BN: 0.05, CNN_BN: 0.2},
         fluct_var={TOK_BN: 0.1, CNN_BN: 0.3},
     )
-    outcomes = _outcomes(c6.analyze(rows))
+    outcomes = _outcomes(claims.analyze("C6", rows))
     assert outcomes[c6.ACCURACY_CHECK] == outcomes[MEAN_CHECK] == outcomes[VARIANCE_CHECK] == "fails"
     assert outcomes[c6.INDEPENDENT_CHECK] == outcomes[c6.DEPENDENT_CHECK] == "holds"
-    assert c6.analyze(rows)["verdict"] == "partly supported"
+    assert claims.analyze("C6", rows)["verdict"] == "partly supported"
     # The mean fluctuating more but the variance less: partly supported.
     rows = _c6_rows(
         acc={TOK_BN: 0.75, TOK_LN: 0.75, CNN_BN: 0.9},
         fluct_mean={TOK_BN: 0.2, CNN_BN: 0.05},
         fluct_var={TOK_BN: 0.05, CNN_BN: 0.1},
     )
-    analysis = c6.analyze(rows)
+    analysis = claims.analyze("C6", rows)
     assert _outcomes(analysis)[VARIANCE_CHECK] == "fails" and analysis["verdict"] == "partly supported"
 
 
@@ -285,7 +301,7 @@ def test_c6_not_supported_when_every_check_fails():
         ln_diff=1e-2,
         bn_diff=1e-3,
     )
-    analysis = c6.analyze(rows)
+    analysis = claims.analyze("C6", rows)
     assert set(_outcomes(analysis).values()) == {"fails"}
     assert analysis["verdict"] == "not supported"
 
@@ -297,7 +313,7 @@ def test_c6_inconclusive_at_the_ceiling_or_unconverged():
         fluct_var={TOK_BN: 0.3, CNN_BN: 0.1},
         noise=0.0001,
     )
-    analysis = c6.analyze(rows)
+    analysis = claims.analyze("C6", rows)
     accuracy = next(c for c in analysis["checks"] if c["name"] == c6.ACCURACY_CHECK)
     assert accuracy["outcome"] == "undecided" and accuracy["blockers"][0].startswith("at the ceiling")
     assert analysis["verdict"] == "inconclusive"
@@ -307,7 +323,7 @@ def test_c6_inconclusive_at_the_ceiling_or_unconverged():
         fluct_var={TOK_BN: 0.3, CNN_BN: 0.1},
         falling={CNN_BN},
     )
-    outcomes = _outcomes(c6.analyze(rows))
+    outcomes = _outcomes(claims.analyze("C6", rows))
     assert outcomes[MEAN_CHECK] == outcomes[VARIANCE_CHECK] == "undecided"
     assert outcomes[c6.ACCURACY_CHECK] == "holds"  # the CNN is not part of (b1)
 
@@ -318,8 +334,8 @@ def test_c6_figures_plot_the_analysis_tables(tmp_path):
         fluct_mean={TOK_BN: 0.2, CNN_BN: 0.05},
         fluct_var={TOK_BN: 0.3, CNN_BN: 0.1},
     )
-    analysis = c6.analyze(rows)
-    paths = c6.figures(analysis, tmp_path)
+    analysis = claims.analyze("C6", rows)
+    paths = c6.CLAIM.figures(analysis, tmp_path)
     assert set(analysis["figures"]) == {p.stem for p in paths}
     by_epoch = _figure_files(paths, "fig-c6-fluctuation")
     assert set(by_epoch["arm"]) == {TOK_BN, CNN_BN} and len(by_epoch) == 2 * 2 * 6
@@ -354,6 +370,6 @@ def test_smoke_grids_run_end_to_end_and_measure_what_the_claims_need(smoke_resul
 
     for module, claim_id in ((c5, "C5"), (c6, "C6")):
         assert claims.load(claim_id) is module
-        analysis = module.analyze(rows[rows["claim"] == claim_id].reset_index(drop=True))
+        analysis = claims.analyze(claim_id, rows)
         assert analysis["verdict"] in stats.VERDICTS and len(analysis["checks"]) >= 2
         assert {p.stem for p in module.figures(analysis, tmp_path / "figures")} == set(analysis["figures"])

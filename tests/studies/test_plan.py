@@ -4,8 +4,6 @@ report so that it plans the same runs from the results directory alone."""
 
 from __future__ import annotations
 
-import types
-
 from studies import plan
 from studies.engine import sweep
 from studies.engine.config import RunConfig
@@ -43,7 +41,7 @@ def _fake_claim(needs):
         return stats.make_analysis(claim="C1", title="t", rule="r", evidence=[], anchor="a", setup="s",
                                    checks=[check], seed_plan=seed_plan)
 
-    return types.SimpleNamespace(analyze=analyze)
+    return analyze
 
 
 def _fake_sweep(store):
@@ -58,7 +56,8 @@ def _fake_sweep(store):
 
 def _patch(monkeypatch, needs):
     monkeypatch.setattr(plan.claims_registry, "plan", lambda ids, profile: {"C1": _grid()})
-    monkeypatch.setattr(plan.claims_registry, "load", lambda claim: _fake_claim(needs))
+    analyze = _fake_claim(needs)
+    monkeypatch.setattr(plan.claims_registry, "analyze", lambda claim, rows: analyze(rows))
 
 
 def test_run_planned_adds_blocks_until_decided(tmp_path, monkeypatch):
