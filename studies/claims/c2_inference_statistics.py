@@ -87,6 +87,7 @@ SOURCES = {
 def grid(profile):
     models, momenta, seeds, num_samples, epochs = PROFILES[check_profile(profile)]
     base = RunConfig(
+        claim=CLAIM_ID,
         task="c2_inference_statistics",
         dataset="mnist1d",
         num_samples=num_samples,

@@ -117,3 +117,11 @@ def test_grid_configs_name_their_claim():
     with pytest.raises(ValueError, match="unknown profile"):
         claims.plan(["C1"], "huge")
     assert all(isinstance(c, RunConfig) for c in claims.plan(["C7"], "smoke")["C7"])
+
+
+@pytest.mark.parametrize("profile", claims.PROFILES)
+def test_every_claim_plans_its_own_runs_at_every_profile(profile):
+    planned = claims.plan(claims.CLAIM_IDS, profile)
+    assert set(planned) == set(claims.CLAIM_IDS)
+    for claim_id, configs in planned.items():
+        assert configs and {c.claim for c in configs} == {claim_id}
