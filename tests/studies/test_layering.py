@@ -20,8 +20,10 @@ ROOT = pathlib.Path(studies.__file__).parent
 #: The floors, lowest first: a module may import a module of a lower floor only. The
 #: engine's own modules are floors of their own, in the order they build on one another.
 FLOORS = (
+    ("studies.engine.dataset",),
+    ("studies.engine.real_data",),
     ("studies.engine.data",),
-    ("studies.engine.real_data", "studies.engine.models"),
+    ("studies.engine.models",),
     ("studies.engine.config",),
     ("studies.engine.store", "studies.engine.tasks"),
     ("studies.engine.training",),

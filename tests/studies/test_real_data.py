@@ -156,3 +156,16 @@ def test_loaders_import_no_downloader():
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_engine_loads_them_by_name():
+    from studies.engine import data
+    from studies.engine.config import RunConfig
+
+    digits = data.load("mnist5k", flat=True, num_train=1024)
+    assert digits.x_train.shape == (1024, 784) and digits.x_test.shape == (3976, 784)
+    vowels = data.load("vowels", max_train_length=15)
+    assert vowels.mask_train.sum(axis=1).max() <= 15 < vowels.mask_test.sum(axis=1).min()
+    assert RunConfig(claim="T", dataset="vowels", model="rnn").dataset == "vowels"
+    with pytest.raises(ValueError, match="fixed size"):
+        data.load("mnist5k", num_samples=100)
