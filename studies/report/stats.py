@@ -110,6 +110,10 @@ class Check:
             "supported" into "partly supported".
         blockers: reasons the comparison cannot decide (e.g. "not converged: norm=batch");
             any blocker makes the outcome "undecided", whatever the interval.
+        real: a check of the claim's real-data task (MNIST digits, Japanese vowels). The
+            verdict comes from the other checks; the real-data checks give a verdict of
+            their own, which the report sets beside it (`make_analysis`): a replication,
+            never blended in.
     """
 
     name: str
@@ -120,6 +124,7 @@ class Check:
     unit: str = ""
     decisive: bool = True
     blockers: tuple = ()
+    real: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -162,6 +167,7 @@ class Check:
             "unit": self.unit,
             "decisive": bool(self.decisive),
             "blockers": list(self.blockers),
+            "real": bool(self.real),
             "claim": self.claim_text(),
             "outcome": self.outcome(),
         }
@@ -391,6 +397,17 @@ def more_seeds_needed(analysis: dict, plan: SeedPlan, n_now: int) -> int:
     return min(plan.block, plan.cap - n_now)
 
 
+def agreement(verdict: str, real_verdict: str | None) -> str | None:
+    """Whether a claim's real-data task agrees with its verdict: "agrees" when both
+    verdicts are the same, "disagrees" when both are decided and differ, "cannot tell" when
+    either is inconclusive, None without a real-data task."""
+    if real_verdict is None:
+        return None
+    if "inconclusive" in (verdict, real_verdict):
+        return "cannot tell"
+    return "agrees" if verdict == real_verdict else "disagrees"
+
+
 def make_analysis(
     *,
     claim: str,
@@ -415,7 +432,8 @@ def make_analysis(
         evidence: list of `(label, Estimate, unit)` — the key numbers, summary first.
         anchor: the published numbers beside ours.
         setup: data, model, grid and profile in words.
-        checks: the rule's `Check`s; the verdict is `verdict_from_checks(checks)`.
+        checks: the rule's `Check`s; the verdict is `verdict_from_checks` of those not
+            ``real``; the real-data task's checks give ``real_verdict`` and ``real_agrees``.
         seed_plan: the claim's `SeedPlan` (the report prints it beside n).
         convergence: the per-arm `convergence_table`; None only for a claim whose budget is
             the measurement (say so in a caveat).
@@ -426,7 +444,9 @@ def make_analysis(
         figures: {figure id: caption}, the figures `figures()` writes.
     """
     checks = [c.to_dict() for c in checks]
-    verdict = verdict_from_checks(checks)
+    verdict = verdict_from_checks([c for c in checks if not c.get("real")])
+    real_checks = [c for c in checks if c.get("real")]
+    real_verdict = verdict_from_checks(real_checks) if any(c["decisive"] for c in real_checks) else None
     names = [c["name"] for c in checks]
     if headline is None:
         headline = next(c["name"] for c in checks if c["decisive"])
@@ -436,6 +456,8 @@ def make_analysis(
         "claim": claim,
         "title": title,
         "verdict": verdict,
+        "real_verdict": real_verdict,
+        "real_agrees": agreement(verdict, real_verdict),
         "rule": rule,
         "checks": checks,
         "headline": headline,

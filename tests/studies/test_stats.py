@@ -199,3 +199,18 @@ def test_ceiling_summary_names_the_checks_the_ceiling_or_floor_blocked():
                          blockers=(stats.ceiling_blocker(99.6, 99.5, 10.0, "b"),))
     assert stats.ceiling_summary([free]).endswith("none of the 1 checks was.")
     assert stats.ceiling_summary([free, capped]).endswith("1 of 2 were: b.")
+
+
+def test_real_data_checks_give_a_verdict_of_their_own_never_blended():
+    holds = stats.Estimate(5.0, 4.0, 6.0, 8)
+    fails = stats.Estimate(0.0, -1.0, 1.0, 8)
+    synthetic = stats.Check("synthetic effect", holds, 3.0, "at_least", "anchor")
+    real_fails = stats.Check("real effect", fails, 3.0, "at_least", "anchor", real=True)
+    analysis = stats.make_analysis(claim="C", title="t", rule="r", evidence=[], anchor="a", setup="s",
+                                   checks=[synthetic, real_fails])
+    assert analysis["verdict"] == "supported"
+    assert analysis["real_verdict"] == "not supported" and analysis["real_agrees"] == "disagrees"
+    alone = stats.make_analysis(claim="C", title="t", rule="r", evidence=[], anchor="a", setup="s", checks=[synthetic])
+    assert alone["real_verdict"] is None and alone["real_agrees"] is None
+    assert stats.agreement("supported", "supported") == "agrees"
+    assert stats.agreement("inconclusive", "supported") == "cannot tell"
