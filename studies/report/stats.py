@@ -16,6 +16,7 @@ nothing of its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -283,14 +284,28 @@ CONVERGED_SHARE_WHY = (
 )
 
 
-def arm_unconverged(record: dict, share=CONVERGED_SHARE) -> bool:
-    """True for a `convergence_table` record (an arm) where fewer than `share` of the runs
-    that did not diverge converged, or whose runs all diverged."""
+@contextlib.contextmanager
+def converged_share(share: float):
+    """Within the block, arms converge when `share` of their runs have (instead of
+    `CONVERGED_SHARE`): the sensitivity of a verdict to that judgement call."""
+    global CONVERGED_SHARE
+    before, CONVERGED_SHARE = CONVERGED_SHARE, float(share)
+    try:
+        yield
+    finally:
+        CONVERGED_SHARE = before
+
+
+def arm_unconverged(record: dict, share=None) -> bool:
+    """True for a `convergence_table` record (an arm) where fewer than `share` (default
+    `CONVERGED_SHARE`) of the runs that did not diverge converged, or whose runs all
+    diverged."""
+    share = CONVERGED_SHARE if share is None else share
     finite = record["runs"] - record["diverged"]
     return finite == 0 or record["converged"] < share * finite
 
 
-def unconverged_arms(rows: pandas.DataFrame, by, share=CONVERGED_SHARE, loss="train/loss",
+def unconverged_arms(rows: pandas.DataFrame, by, share=None, loss="train/loss",
                      threshold=PLATEAU_THRESHOLD) -> list[str]:
     """Blocker texts, one per arm of `by` that `arm_unconverged` names (by default: fewer
     than half its runs converged), e.g.
@@ -423,6 +438,7 @@ def make_analysis(
     caveats: list | None = None,
     tables: dict | None = None,
     figures: dict | None = None,
+    alternatives: dict | None = None,
 ) -> dict:
     """The analysis a claim's `analyze` returns (a dict, JSON-ready).
 
@@ -442,6 +458,9 @@ def make_analysis(
         caveats: what limits the conclusion at this scale.
         tables: {name: DataFrame} for the claim's page.
         figures: {figure id: caption}, the figures `figures()` writes.
+        alternatives: {judgement call: its checks}, the rule's checks under each other
+            choice the claim could have made (e.g. "BN momentum 0.9 instead of 0.99");
+            the analysis's ``sensitivity`` gives the verdict under each.
     """
     checks = [c.to_dict() for c in checks]
     verdict = verdict_from_checks([c for c in checks if not c.get("real")])
@@ -471,4 +490,8 @@ def make_analysis(
         "caveats": list(caveats or []),
         "tables": {name: table.to_dict(orient="records") for name, table in (tables or {}).items()},
         "figures": dict(figures or {}),
+        "sensitivity": [
+            {"alternative": name, "verdict": verdict_from_checks([c for c in alt if not c.real])}
+            for name, alt in (alternatives or {}).items()
+        ],
     }

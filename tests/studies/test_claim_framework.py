@@ -125,3 +125,11 @@ def test_every_claim_plans_its_own_runs_at_every_profile(profile):
     assert set(planned) == set(claims.CLAIM_IDS)
     for claim_id, configs in planned.items():
         assert configs and {c.claim for c in configs} == {claim_id}
+
+
+def test_every_analysis_carries_the_convergence_alternative(new_claim, tmp_path):
+    import pandas
+
+    rows = pandas.DataFrame({"claim": ["C99"] * 3, "status": ["ok"] * 3, "final/test/accuracy": [0.5, 0.6, 0.55]})
+    analysis = claims.analyze("C99", rows)
+    assert analysis["sensitivity"] == [{"alternative": claims.ALL_RUNS_CONVERGED, "verdict": "supported"}]

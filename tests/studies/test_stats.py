@@ -214,3 +214,19 @@ def test_real_data_checks_give_a_verdict_of_their_own_never_blended():
     assert alone["real_verdict"] is None and alone["real_agrees"] is None
     assert stats.agreement("supported", "supported") == "agrees"
     assert stats.agreement("inconclusive", "supported") == "cannot tell"
+
+
+def test_the_convergence_rule_can_be_judged_on_every_run():
+    arm = {"runs": 8, "diverged": 0, "converged": 5}
+    assert not stats.arm_unconverged(arm)  # the median run converged
+    with stats.converged_share(1.0):
+        assert stats.arm_unconverged(arm)
+    assert not stats.arm_unconverged(arm)
+
+
+def test_alternatives_give_the_verdict_under_each_judgement_call():
+    holds = stats.Check("effect", stats.Estimate(5.0, 4.0, 6.0, 8), 3.0, "at_least", "anchor")
+    blocked = stats.Check("effect", stats.Estimate(5.0, 4.0, 6.0, 8), 3.0, "at_least", "anchor", blockers=("x",))
+    analysis = stats.make_analysis(claim="C", title="t", rule="r", evidence=[], anchor="a", setup="s",
+                                   checks=[holds], alternatives={"other choice": [blocked]})
+    assert analysis["sensitivity"] == [{"alternative": "other choice", "verdict": "inconclusive"}]
