@@ -172,7 +172,7 @@ def compile_model(config: RunConfig, model, steps_per_execution=1):
         # No XLA for a run alone: TensorFlow has no deterministic XLA kernel for some of
         # these models' gradients (max pooling's), and rows must be reproducible. The
         # stacked engine compiles with XLA because its models avoid those ops
-        # (`studies.engine.stacked.PairMaxPooling`).
+        # (`studies.engine.stacked_layers.PairMaxPooling`).
         jit_compile=False,
         steps_per_execution=steps_per_execution,
     )

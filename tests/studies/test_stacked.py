@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from studies.engine import stacked, sweep, tasks, training, worker
+from studies.engine import stacked, stacked_layers, sweep, tasks, training, worker
 from studies.engine.config import grid
 from studies.engine.store import ResultsStore
 from tests.studies.conftest import kill_after_first_result
@@ -96,7 +96,7 @@ def _trainer_inputs(config, seeds, orders_from=None):
     for seed in seeds:
         training.configure_determinism(seed)
         members.append(training.build(dataclasses.replace(config, seed=seed), dataset))
-    weights = stacked.stack_member_weights(trainer.model, members)
+    weights = stacked_layers.stack_member_weights(trainer.model, members)
     steps = training.epoch_steps(config, dataset)
     orders = np.stack(
         [stacked.data_order(dataclasses.replace(config, seed=s), len(dataset.x_train), steps) for s in orders_from or seeds],
@@ -198,9 +198,9 @@ def test_stacked_model_maps_member_weights_to_their_channels(tiny):
     arguments = training.model_arguments(config, dataset)
     for name in ("cell", "masked", "max_steps"):
         arguments.pop(name)
-    stacked_model = stacked.build_stacked_model("cnn1d", dataset.input_shape, dataset.num_classes, "layer", 2, **arguments)
+    stacked_model = stacked_layers.build_stacked_model("cnn1d", dataset.input_shape, dataset.num_classes, "layer", 2, **arguments)
     members = [training.build(dataclasses.replace(config, seed=s), dataset) for s in (0, 1)]
-    for variable, value in zip(stacked_model.weights, stacked.stack_member_weights(stacked_model, members)):
+    for variable, value in zip(stacked_model.weights, stacked_layers.stack_member_weights(stacked_model, members)):
         variable.assign(value)
     x = dataset.x_test[:5]
     folded = np.concatenate([x, x], axis=-1)
@@ -225,8 +225,8 @@ def test_uninitialized_members_give_the_initial_weights_of_full_builds(tiny, fie
     configs = stacked.block(tiny(**fields))
     dataset = training.load_dataset(configs[0])
     trainer = stacked.trainer_for(configs[0], dataset)
-    built = stacked.stack_member_weights(trainer.model, stacked.member_models(configs, dataset))
-    light = stacked.stack_member_weights(trainer.model, stacked.member_models(configs, dataset, initialized=False))
+    built = stacked_layers.stack_member_weights(trainer.model, stacked.member_models(configs, dataset))
+    light = stacked_layers.stack_member_weights(trainer.model, stacked.member_models(configs, dataset, initialized=False))
     for full, fast in zip(built, light, strict=True):
         np.testing.assert_array_equal(fast, full)
     # a block leaves no uninitialized variable for Keras to initialize later
