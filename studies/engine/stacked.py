@@ -52,7 +52,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from studies.engine import stacked_layers, tasks, training
+from studies.engine import stacked_layers, stacked_recurrent, tasks, training
 from studies.engine.config import EVAL_BATCH_SIZE, MODEL_PREFIX, RunConfig
 from studies.engine.stacked_layers import STACKED_KINDS, STACKED_NORMS, STACKED_OPTIONS
 
@@ -64,18 +64,36 @@ MEMBERS = 8
 CACHED_TRAINERS = 8
 
 
+#: Sequence models with a stacked form (`studies.engine.stacked_recurrent`): the builder,
+#: the norms it holds and the ``model.*`` options it takes.
+SEQUENCE_KINDS = {
+    "rnn": (stacked_recurrent.build_stacked_recurrent_model, stacked_recurrent.RNN_NORMS, ("share_statistics",)),
+}
+
+
 def stackable(config: RunConfig) -> bool:
     """True if `config` trains as a member of a stacked model (see the module docstring)."""
     try:
         task_stacks = tasks.stackable_task(config)
     except ValueError:  # an unknown task: the worker records the error when it runs
         return False
+    options = set(config.prefixed_options(MODEL_PREFIX))
+    if config.model in SEQUENCE_KINDS:
+        _, norms, allowed = SEQUENCE_KINDS[config.model]
+        # Only the LSTM has a stacked cell; a GRU runs alone.
+        return task_stacks and config.cell == "lstm" and config.norm in norms and not options - set(allowed)
     return (
         task_stacks
         and config.model in STACKED_KINDS
         and config.norm in STACKED_NORMS
-        and not set(config.prefixed_options(MODEL_PREFIX)) - set(STACKED_OPTIONS)
+        and not options - set(STACKED_OPTIONS)
     )
+
+
+def mapping(config: RunConfig):
+    """The module whose ``stack_member_weights`` and ``unstack_member_weights`` map
+    `config`'s standalone models onto its stacked model and back."""
+    return stacked_recurrent if config.model in SEQUENCE_KINDS else stacked_layers
 
 
 def block_index(config: RunConfig) -> int:
@@ -138,14 +156,14 @@ def _train_block(configs):
     dataset = training.load_dataset(first)
     if spec.dataset is not None:
         dataset = spec.dataset(first, dataset)
-    if dataset.mask_train is not None:
-        raise ValueError(f"Stacked training needs unmasked data. Received: dataset='{first.dataset}'")
+    if dataset.mask_train is not None and first.model not in SEQUENCE_KINDS:
+        raise ValueError(f"Only sequence models train stacked on masked data. Received: model='{first.model}'")
     steps = training.epoch_steps(first, dataset)
     trainer = trainer_for(first, dataset)
     # The finish hook measures each member's trained model; without one, the members are
     # needed for their initial weights only.
     members = member_models(configs, dataset, initialized=spec.finish is not None)
-    weights = stacked_layers.stack_member_weights(trainer.model, members)
+    weights = mapping(first).stack_member_weights(trainer.model, members)
     if spec.finish is None:
         del members
         # Keras lists uninitialized variables to initialize them when a stateless scope
@@ -174,7 +192,7 @@ def _train_block(configs):
     finish_s = 0.0
     if spec.finish is not None:
         start = time.perf_counter()
-        stacked_layers.unstack_member_weights(trainer.model, members)
+        mapping(first).unstack_member_weights(trainer.model, members)
         finish_s = time.perf_counter() - start
     rows = []
     k = len(configs)
@@ -309,21 +327,32 @@ class StackedTrainer:
         self.members = members
         self.sample_shape = tuple(dataset.input_shape)
         self.num_classes = dataset.num_classes
+        self.masked = dataset.mask_train is not None
+        self.sequence = config.model in SEQUENCE_KINDS
         arguments = training.model_arguments(config, dataset)
-        for name in ("cell", "masked", "max_steps"):
-            arguments.pop(name)
-        self.model = stacked_layers.build_stacked_model(
-            config.model, self.sample_shape, self.num_classes, config.norm, members, **arguments
-        )
+        if config.model in SEQUENCE_KINDS:
+            builder = SEQUENCE_KINDS[config.model][0]
+            self.model = builder(self.sample_shape, self.num_classes, config.norm, members, **arguments)
+        else:
+            for name in ("cell", "masked", "max_steps"):
+                arguments.pop(name)
+            self.model = stacked_layers.build_stacked_model(
+                config.model, self.sample_shape, self.num_classes, config.norm, members, **arguments
+            )
         self.optimizer = training.make_optimizer(config)
         self.optimizer.build(self.model.trainable_variables)
         self.traces = 0
-        # Any data size and number of steps: one trace serves every block.
+        # Any data size, sequence length and number of steps: one trace serves every block.
         x, y = tf.TensorSpec((None, *self.sample_shape), tf.float32), tf.TensorSpec((None,), tf.int32)
+        mask = tf.TensorSpec((None, self.sample_shape[0]), tf.bool)
         order = tf.TensorSpec((None, members, config.batch_size), tf.int32)
         rates = tf.TensorSpec((None,), tf.float32)
-        self._train = tf.function(self._train_steps, input_signature=[x, y, order, rates], jit_compile=True)
-        self._evaluate = tf.function(self._evaluate_batch, input_signature=[x, y], jit_compile=True)
+        if self.masked:
+            self._train = tf.function(self._train_steps, input_signature=[x, y, order, rates, mask], jit_compile=True)
+            self._evaluate = tf.function(self._evaluate_batch, input_signature=[x, y, mask], jit_compile=True)
+        else:
+            self._train = tf.function(self._train_steps, input_signature=[x, y, order, rates], jit_compile=True)
+            self._evaluate = tf.function(self._evaluate_batch, input_signature=[x, y], jit_compile=True)
         # One trace per architecture and process serves every block (the signature takes
         # any data size and number of steps). The training loop compiles with XLA, which
         # fuses each step's small ops (about 3x fewer seconds per step on 2 CPU cores for
@@ -331,8 +360,17 @@ class StackedTrainer:
         # data size and epoch length pays the compilation and later ones reuse it. A
         # throwaway step here would only compile a shape no block uses.
 
+    def _inputs(self, x, mask=None):
+        """The stacked model's inputs from member-major data, ``(K, batch, *sample)`` (and
+        masks ``(K, batch, time)``)."""
+        if mask is None:
+            return self._fold(x)
+        return list(stacked_recurrent.fold_members(x, mask))
+
     def _fold(self, x):
         """``(K, batch, *sample)`` -> ``(batch, *sample[:-1], K * channels)``."""
+        if self.sequence:
+            return stacked_recurrent.fold_members(x)
         rank = len(self.sample_shape)
         x = tf.transpose(x, [1, *range(2, rank + 1), 0, rank + 1])
         return tf.reshape(x, (-1, *self.sample_shape[:-1], self.members * self.sample_shape[-1]))
@@ -344,10 +382,10 @@ class StackedTrainer:
         hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
         return losses, hits
 
-    def _train_steps(self, x, y, order, rates):
+    def _train_steps(self, x, y, order, rates, mask=None):
         """Trains one step per row of `order` (``(steps, K, batch)`` example indices), step
         i at learning rate ``rates[i]``; returns each step's per-member loss and accuracy,
-        ``(steps, K)`` each."""
+        ``(steps, K)`` each. `mask`, for sequences, marks each example's real steps."""
         self.traces += 1  # Python side effect: runs when tracing only
         steps = tf.shape(order)[0]
         losses = tf.TensorArray(tf.float32, size=steps)
@@ -355,7 +393,7 @@ class StackedTrainer:
         variables = self.model.trainable_variables
         for step in tf.range(steps):
             self.optimizer.learning_rate.assign(rates[step])
-            xb = self._fold(tf.gather(x, order[step]))
+            xb = self._inputs(tf.gather(x, order[step]), None if mask is None else tf.gather(mask, order[step]))
             yb = tf.transpose(tf.gather(y, order[step]))
             with tf.GradientTape() as tape:
                 member_losses, hits = self._member_outputs(self.model(xb, training=True), yb)
@@ -367,12 +405,14 @@ class StackedTrainer:
             accuracies = accuracies.write(step, tf.reduce_mean(hits, axis=0))
         return losses.stack(), accuracies.stack()
 
-    def _evaluate_batch(self, x, y):
+    def _evaluate_batch(self, x, y, mask=None):
         """Sums over the batch of each member's loss and hits, in inference mode."""
         self.traces += 1
         copies = tf.broadcast_to(x[tf.newaxis], (self.members, *tf.unstack(tf.shape(x))))
+        if mask is not None:
+            mask = tf.broadcast_to(mask[tf.newaxis], (self.members, *tf.unstack(tf.shape(mask))))
         labels = tf.broadcast_to(y[:, tf.newaxis], (tf.shape(y)[0], self.members))
-        losses, hits = self._member_outputs(self.model(self._fold(copies), training=False), labels)
+        losses, hits = self._member_outputs(self.model(self._inputs(copies, mask), training=False), labels)
         return tf.reduce_sum(losses, axis=0), tf.reduce_sum(hits, axis=0)
 
     def reset(self, weights, dropout_seed):
@@ -390,12 +430,14 @@ class StackedTrainer:
             state = layer.seed_generator.state
             state.assign(np.array([dropout_seed * 1000 + i, 0], dtype=state.dtype))
 
-    def evaluate(self, x, y) -> tuple[np.ndarray, np.ndarray]:
-        """Each member's mean loss and accuracy on ``(x, y)`` in inference mode, ``(K,)``."""
+    def evaluate(self, x, y, mask=None) -> tuple[np.ndarray, np.ndarray]:
+        """Each member's mean loss and accuracy on ``(x, y)`` (with its `mask`, for
+        sequences) in inference mode, ``(K,)``."""
         loss_sum, hit_sum = np.zeros(self.members), np.zeros(self.members)
         for start in range(0, len(x), EVAL_BATCH_SIZE):
             stop = start + EVAL_BATCH_SIZE
-            losses, hits = self._evaluate(x[start:stop], y[start:stop])
+            extra = () if mask is None else (mask[start:stop],)
+            losses, hits = self._evaluate(x[start:stop], y[start:stop], *extra)
             loss_sum += losses.numpy()
             hit_sum += hits.numpy()
         return loss_sum / len(x), hit_sum / len(x)
@@ -412,23 +454,26 @@ class StackedTrainer:
         self.reset(weights, dropout_seed)
         rates = np.broadcast_to(np.asarray(learning_rates, np.float32), orders.shape[:2])
         x_train, y_train = tf.constant(dataset.x_train), tf.constant(dataset.y_train.astype(np.int32))
-        splits = {"test": (dataset.x_test, dataset.y_test.astype(np.int32))}
+        mask_train = () if dataset.mask_train is None else (tf.constant(dataset.mask_train),)
+        splits = {"test": (dataset.x_test, dataset.y_test.astype(np.int32), dataset.mask_test)}
         if eval_train:
-            splits["train_eval"] = (dataset.x_train, dataset.y_train.astype(np.int32))
+            splits["train_eval"] = (dataset.x_train, dataset.y_train.astype(np.int32), dataset.mask_train)
         columns = collections.defaultdict(list)
         step_losses = []
         train_s = eval_s = 0.0
         for epoch_order, epoch_rates in zip(orders, rates):
             start = time.perf_counter()
-            losses, accuracies = self._train(x_train, y_train, tf.constant(epoch_order), tf.constant(epoch_rates))
+            losses, accuracies = self._train(
+                x_train, y_train, tf.constant(epoch_order), tf.constant(epoch_rates), *mask_train
+            )
             losses, accuracies = losses.numpy(), accuracies.numpy()
             train_s += time.perf_counter() - start
             step_losses.append(losses)
             columns["train/loss"].append(losses.mean(axis=0))
             columns["train/accuracy"].append(accuracies.mean(axis=0))
             start = time.perf_counter()
-            for split, (x, y) in splits.items():
-                loss, accuracy = self.evaluate(x, y)
+            for split, (x, y, mask) in splits.items():
+                loss, accuracy = self.evaluate(x, y, mask)
                 columns[f"{split}/loss"].append(loss)
                 columns[f"{split}/accuracy"].append(accuracy)
             eval_s += time.perf_counter() - start

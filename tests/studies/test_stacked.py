@@ -20,6 +20,11 @@ def _metrics(row):
     return {k: row[k] for k in (*METRICS, "steps", "diverged", "stack/members", "stack/block")}
 
 
+#: The sequence task's lengths for the LSTM members: 4 to 12 tokens in training, up to 20
+#: in the test split.
+SEQUENCE_DATA = {"data.min_len": 4, "data.max_train_len": 12, "data.max_test_len": 20}
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -28,6 +33,10 @@ def _metrics(row):
         dict(model="cnn1d", norm="layer", widths=(4, 4), steps_per_epoch=2),
         dict(model="cnn1d", norm="frn", widths=(4, 4), steps_per_epoch=2),  # FRN + TLU, no activation
         dict(model="cnn2d", norm="group", dataset="digits", num_samples=None, widths=(8, 8), steps_per_epoch=1),
+        # The LSTM on masked sequences of their own lengths, the test split longer.
+        dict(model="rnn", cell="lstm", dataset="sequences", widths=(8,), batch_size=16, options=SEQUENCE_DATA, norm="layer", epochs=2),
+        dict(model="rnn", cell="lstm", dataset="sequences", widths=(8,), batch_size=16, options=SEQUENCE_DATA | {"model.share_statistics": False}, norm="batch", epochs=2),
+        dict(model="rnn", cell="lstm", dataset="sequences", widths=(8,), batch_size=16, options=SEQUENCE_DATA | {"model.share_statistics": True}, norm="batch", steps_per_epoch=1),
     ],
 )
 def test_members_follow_their_standalone_runs(tiny, fields):
@@ -96,7 +105,7 @@ def _trainer_inputs(config, seeds, orders_from=None):
     for seed in seeds:
         training.configure_determinism(seed)
         members.append(training.build(dataclasses.replace(config, seed=seed), dataset))
-    weights = stacked_layers.stack_member_weights(trainer.model, members)
+    weights = stacked.mapping(config).stack_member_weights(trainer.model, members)
     steps = training.epoch_steps(config, dataset)
     orders = np.stack(
         [stacked.data_order(dataclasses.replace(config, seed=s), len(dataset.x_train), steps) for s in orders_from or seeds],
@@ -105,7 +114,14 @@ def _trainer_inputs(config, seeds, orders_from=None):
     return dataset, trainer, weights, orders
 
 
-@pytest.mark.parametrize("fields", [dict(model="mlp", norm="batch", dropout=0.2), dict(model="cnn1d", norm="group", widths=(8,))])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(model="mlp", norm="batch", dropout=0.2),
+        dict(model="cnn1d", norm="group", widths=(8,)),
+        dict(model="rnn", cell="lstm", dataset="sequences", widths=(8,), batch_size=16, options=SEQUENCE_DATA | {"model.share_statistics": False}, norm="batch"),
+    ],
+)
 def test_changing_one_member_leaves_the_others_bit_identical(tiny, fields):
     config = tiny(epochs=2, steps_per_epoch=3, **fields)
     seeds = list(range(stacked.MEMBERS))
@@ -121,7 +137,7 @@ def test_changing_one_member_leaves_the_others_bit_identical(tiny, fields):
     for value, variable in zip(poisoned, trainer.model.weights):
         if variable.path.endswith("kernel") and variable.path.startswith("dense_0"):
             value[5] = np.nan
-        if variable.path.startswith("conv_0") and variable.path.endswith("kernel"):
+        if variable.path.startswith(("conv_0", "rnn")) and variable.path.endswith("kernel"):
             value[5] = np.nan
     sick = trainer.fit(dataset, poisoned, orders, 0.05)
     not_3, not_5 = [k for k in seeds if k != 3], [k for k in seeds if k != 5]
