@@ -52,7 +52,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from studies.engine import stacked_layers, stacked_recurrent, tasks, training
+from studies.engine import models, stacked_layers, stacked_recurrent, tasks, training
 from studies.engine.config import EVAL_BATCH_SIZE, MODEL_PREFIX, RunConfig
 from studies.engine.stacked_layers import STACKED_KINDS, STACKED_NORMS, STACKED_OPTIONS
 
@@ -64,10 +64,21 @@ MEMBERS = 8
 CACHED_TRAINERS = 8
 
 
+def _stacked_tokens(input_shape, num_classes, norm, members, *, widths=None, momentum=0.99, kernel_size=3,
+                    epsilon=1e-3, **_):
+    """`stacked_recurrent.build_stacked_token_model` with `build_model`'s arguments for
+    ``kind="tokens"`` (the others do not apply to the token model, as there)."""
+    return stacked_recurrent.build_stacked_token_model(
+        input_shape, num_classes, norm, members, widths=widths or models.DEFAULT_TOKEN_WIDTHS,
+        momentum=momentum, kernel_size=kernel_size, epsilon=epsilon,
+    )  # fmt: skip
+
+
 #: Sequence models with a stacked form (`studies.engine.stacked_recurrent`): the builder,
 #: the norms it holds and the ``model.*`` options it takes.
 SEQUENCE_KINDS = {
     "rnn": (stacked_recurrent.build_stacked_recurrent_model, stacked_recurrent.RNN_NORMS, ("share_statistics",)),
+    "tokens": (_stacked_tokens, stacked_recurrent.TOKEN_NORMS, ("kernel_size",)),
 }
 
 
@@ -80,8 +91,9 @@ def stackable(config: RunConfig) -> bool:
     options = set(config.prefixed_options(MODEL_PREFIX))
     if config.model in SEQUENCE_KINDS:
         _, norms, allowed = SEQUENCE_KINDS[config.model]
-        # Only the LSTM has a stacked cell; a GRU runs alone.
-        return task_stacks and config.cell == "lstm" and config.norm in norms and not options - set(allowed)
+        # Of the recurrent cells only the LSTM has a stacked form; a GRU runs alone.
+        cell = config.model != "rnn" or config.cell == "lstm"
+        return task_stacks and cell and config.norm in norms and not options - set(allowed)
     return (
         task_stacks
         and config.model in STACKED_KINDS

@@ -37,6 +37,7 @@ SEQUENCE_DATA = {"data.min_len": 4, "data.max_train_len": 12, "data.max_test_len
         dict(model="rnn", cell="lstm", dataset="sequences", widths=(8,), batch_size=16, options=SEQUENCE_DATA, norm="layer", epochs=2),
         dict(model="rnn", cell="lstm", dataset="sequences", widths=(8,), batch_size=16, options=SEQUENCE_DATA | {"model.share_statistics": False}, norm="batch", epochs=2),
         dict(model="rnn", cell="lstm", dataset="sequences", widths=(8,), batch_size=16, options=SEQUENCE_DATA | {"model.share_statistics": True}, norm="batch", steps_per_epoch=1),
+        dict(model="tokens", dataset="sequences", widths=(8, 8), batch_size=16, options=SEQUENCE_DATA, norm="batch", epochs=2),
     ],
 )
 def test_members_follow_their_standalone_runs(tiny, fields):
