@@ -2,6 +2,7 @@
 as ``kerasnorm-study``).
 
     python -m studies run --claims C1,C4 --profile quick --jobs 2
+    python -m studies run --profile full          # follows the seed plans (--no-sequential: not)
     python -m studies run --claims C1 --seeds 0-49 --executor ray
     python -m studies list --profile full
     python -m studies report
@@ -91,9 +92,10 @@ def _parser():
     run.add_argument("--jobs", type=_jobs, default=1, help="runs at a time (default 1)")
     run.add_argument("--retry-errors", action="store_true", help="rerun runs recorded as failed")
     run.add_argument(
-        "--sequential", action="store_true",
-        help="full profile: add the seed blocks each claim's sequential plan calls for while a "
-        "decisive check is undecided, up to its cap (the report names the blocks still due)",
+        "--sequential", action=argparse.BooleanOptionalAction, default=True,
+        help="full profile: follow each claim's sequential seed plan, adding seed blocks while a "
+        "decisive check is undecided for want of precision, up to its cap (default); "
+        "--no-sequential trains the seeds the plans stand at",
     )  # fmt: skip
 
     listing = commands.add_parser("list", help="runs planned and done per claim")

@@ -1,9 +1,12 @@
 """The sequential seed plan: a claim whose decisive checks stay undecided for want of
 precision gets more seeds, in blocks, up to the cap its `studies.report.stats.SeedPlan` declares.
 
-`run_planned` runs the profile's grids, analyzes each claim, extends the seeds of the claims
-`studies.report.stats.more_seeds_needed` names and repeats until none does (full profile only). The seeds it added are
-stored beside the results (`SEEDS`, per profile), so that `studies.report` plans the same
+The full profile follows the plans by default (``python -m studies run --profile full``;
+``--no-sequential`` trains the seeds the plans stand at). `run_planned` runs the profile's
+grids, analyzes each claim, extends the seeds of the claims
+`studies.report.stats.more_seeds_needed` names and repeats until none does (full profile
+only): until each claim's decisive checks are decided or its cap is reached. The seeds it
+added are stored beside the results (`SEEDS`, per profile), so that `studies.report` plans the same
 runs from the results directory alone.
 """
 
@@ -95,7 +98,10 @@ def run_planned(claim_ids, profile, store: ResultsStore, run_configs, sequential
         store: the results store; the added seeds are written beside it (`SEEDS`).
         run_configs: ``run_configs(configs) -> SweepSummary``, the engine's sweep (runs what
             the store lacks).
-        sequential: whether to add the blocks the plans call for (``run --sequential``).
+        sequential: whether to add the blocks the plans call for (the command line's
+            default; ``run --no-sequential`` turns it off). Finished runs are skipped, so a
+            study whose plans are complete (every decisive check decided or at its cap)
+            reruns nothing: ``make report`` on the committed rows only writes the report.
     """
     base = claims_registry.plan(claim_ids, profile)
     seeds = read_seeds(store.root, profile)

@@ -56,6 +56,15 @@ class Claim:
         seed_plan: the claim's `studies.report.stats.SeedPlan`, or None.
         grid, analyze, figures: the claim's functions.
         reads: ids of claims whose rows the analysis also reads (a shared reference arm).
+        practice: {verdict: the sentence a practitioner should read when the claim gets that
+            verdict} (verdicts of `studies.report.stats.VERDICTS`), e.g. ``{"not supported":
+            "below 8 samples per statistic, use GN or LN; recalibrating does not save BN"}``;
+            the report's front page prints the one for the computed verdict, or a neutral
+            sentence where none is given.
+        deviations: {alternative: why} for the judgement calls changed after the rules
+            commit (the commit the full run's rows were made at): each key names one of the
+            claim's ``alternatives`` (the choice as pre-registered), the value says why it
+            changed; the report lists each with the verdict as run and under the alternative.
     """
 
     id: str
@@ -67,6 +76,13 @@ class Claim:
     analyze: Callable[[pandas.DataFrame, "Runs"], dict]
     figures: Callable[[dict, object], list]
     reads: tuple[str, ...] = ()
+    practice: dict = dataclasses.field(default_factory=dict)
+    deviations: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = set(self.practice) - set(stats.VERDICTS)
+        if unknown:
+            raise ValueError(f"practice's keys must be verdicts {stats.VERDICTS}. Received: {sorted(unknown)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +212,7 @@ def analyze(claim_id: str, rows: pandas.DataFrame) -> dict:
         with stats.converged_share(1.0):
             strict = claim.analyze(ok, runs)["checks"]
         findings["alternatives"] = {ALL_RUNS_CONVERGED: strict, **findings.get("alternatives", {})}
-    return stats.make_analysis(
+    analysis = stats.make_analysis(
         claim=claim.id,
         title=claim.title,
         rule=claim.rule,
@@ -204,6 +220,10 @@ def analyze(claim_id: str, rows: pandas.DataFrame) -> dict:
         seed_plan=claim.seed_plan,
         **findings,
     )
+    # The declaration's words for practitioners and its deviations from the rules commit.
+    analysis["practice"] = dict(claim.practice)
+    analysis["deviations"] = dict(claim.deviations)
+    return analysis
 
 
 #: The sensitivity table's row for the convergence rule's other choice.

@@ -171,8 +171,28 @@ def _keyed_sequences(rng, n, min_len, max_len, num_classes, vocab, marker_rate):
     return _unambiguous_sequences(rng, n, min_len, max_len, num_classes, vocab, draw)
 
 
+def _zipf_sequences(rng, n, min_len, max_len, num_classes, vocab, marker_rate):
+    """`_majority_sequences` with heavy-tailed token frequencies: the distractors follow
+    Zipf's law, the k-th most frequent with probability proportional to ``1 / k`` (as words
+    in text), so a few are common and most are rare, and a batch's count of a rare token
+    (and any statistic it moves) varies widely from batch to batch."""
+    distractors = vocab - num_classes
+    weights = 1.0 / np.arange(1, distractors + 1)
+
+    def draw(want):
+        is_marker = rng.random((want, max_len)) < marker_rate
+        tokens = np.where(
+            is_marker,
+            rng.integers(0, num_classes, size=(want, max_len)),
+            num_classes + rng.choice(distractors, size=(want, max_len), p=weights / weights.sum()),
+        )
+        return tokens, np.zeros((want, 1), int)
+
+    return _unambiguous_sequences(rng, n, min_len, max_len, num_classes, vocab, draw)
+
+
 #: The labelling rules of `sequences`: name -> generator.
-SEQUENCE_RULES = {"majority": _majority_sequences, "keyed": _keyed_sequences}
+SEQUENCE_RULES = {"majority": _majority_sequences, "keyed": _keyed_sequences, "zipf": _zipf_sequences}
 
 
 @functools.lru_cache(maxsize=8)
@@ -207,7 +227,8 @@ def sequences(
     step 0 holds one of two key tokens, the markers come in two groups of
     ``num_classes``, and the label is the most frequent marker of the group the key names,
     so a model must carry the key from the first step to the last (``d = 2 + 2 *
-    num_classes + num_distractors``; ``min_len >= 2``).
+    num_classes + num_distractors``; ``min_len >= 2``). ``rule="zipf"`` (`_zipf_sequences`)
+    is the majority task with Zipfian distractor frequencies (heavy-tailed, as words).
 
     ``token_noise > 0`` adds Gaussian noise of that deviation to every component of every
     real step (padding stays zero), drawn once with the data: each token is then uncertain
@@ -237,7 +258,7 @@ def sequences(
     if rule == "keyed" and min_len < 2:
         raise ValueError(f"Keyed sequences need min_len >= 2 (the key and a token). Received: min_len={min_len}")
     rng = np.random.default_rng(seed)
-    vocab = num_classes + num_distractors if rule == "majority" else 2 + 2 * num_classes + num_distractors
+    vocab = num_classes + num_distractors if rule != "keyed" else 2 + 2 * num_classes + num_distractors
     generate = SEQUENCE_RULES[rule]
     n_train = int(num_samples * 0.8)
     common = dict(min_len=min_len, num_classes=num_classes, vocab=vocab, marker_rate=marker_rate)

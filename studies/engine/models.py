@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 
 import keras
+from keras import ops
 
 import kerasnorm
 
-KINDS = ("mlp", "cnn1d", "cnn2d", "rnn")
+KINDS = ("mlp", "cnn1d", "cnn2d", "rnn", "transformer", "tokens")
 NORMS = (
     "none",
     "batch",  # kerasnorm.BatchNormalization
@@ -31,6 +32,7 @@ NORMS = (
     "keras_batch",  # keras.layers.BatchNormalization, for side-by-side comparisons
     "keras_layer",  # keras.layers.LayerNormalization
     "frn",  # kerasnorm.FilterResponseNormalization with its TLU: Singh & Krishnan 2020 (conv maps)
+    "dyt",  # kerasnorm.DynamicTanh over the last axis (per-channel gamma, beta): Zhu et al. 2025
 )
 #: Norms of recurrent models and the cell each uses (kerasnorm's, or Keras's plain cells).
 RNN_NORMS = ("none", "layer", "batch")
@@ -98,6 +100,8 @@ def norm_layer(
         return kerasnorm.FilterResponseNormalization(name=name)
     if norm == "rms":
         return kerasnorm.RMSNormalization(axis=layer_axis, epsilon=epsilon, name=name)
+    if norm == "dyt":  # elementwise: no statistics, so only the affine's axis matters
+        return kerasnorm.DynamicTanh(axis=-1, name=name)
     groups = groups or math.gcd(channels, 8)
     return kerasnorm.GroupNormalization(groups=groups, epsilon=epsilon, name=name)
 
@@ -146,7 +150,10 @@ def build_model(
     Args:
         kind: ``mlp`` (Dense stack; inputs are flattened), ``cnn1d`` / ``cnn2d`` (conv
             stack, each layer followed by 2x max-pooling while the positions allow, then
-            global average pooling), ``rnn`` (one recurrent layer, its last state classified).
+            global average pooling), ``rnn`` (one recurrent layer, its last state classified),
+            ``transformer`` (a pre-norm encoder, `transformer_model`), ``tokens`` (a
+            per-token model over padded, masked token sequences, `token_model`; it takes
+            ``[x, mask]`` and, of the norm options, ``momentum`` and ``epsilon``).
         input_shape: shape of one sample; for ``rnn`` ``(time, features)`` with time None
             allowed.
         num_classes: number of logits.
@@ -174,6 +181,13 @@ def build_model(
         raise ValueError(f"Unknown model kind '{kind}'. Known kinds: {', '.join(KINDS)}")
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
+    if kind == "tokens":
+        return token_model(
+            input_shape, num_classes, norm, widths=widths or DEFAULT_TOKEN_WIDTHS, kernel_size=kernel_size,
+            momentum=norm_options.get("momentum", 0.99), epsilon=norm_options.get("epsilon", 1e-3),
+        )  # fmt: skip
+    if kind == "transformer":
+        return transformer_model(input_shape, num_classes, norm, widths=widths, masked=masked, **norm_options)
     widths = tuple(widths or DEFAULT_WIDTHS[kind])
     inputs = keras.Input(shape=tuple(input_shape), name="x")
     model_inputs = inputs
@@ -236,3 +250,185 @@ def _feedforward(kind, inputs, norm, activation, widths, dropout, kernel_size, n
     if pool is not None:
         h = (keras.layers.GlobalAveragePooling1D if rank == 2 else keras.layers.GlobalAveragePooling2D)()(h)
     return h
+
+
+# --- Layers a claim swaps into an engine-built model ------------------------------------
+
+
+class NoisyBatchNormalization(kerasnorm.BatchNormalization):
+    """Batch norm followed, in training, by a random affine map per unit redrawn at every
+    call: ``y * s + m`` with ``s ~ U(1, noise_scale)`` and ``m ~ U(-noise_shift,
+    noise_shift)`` per unit, the same for the whole batch, so the distribution of each
+    unit's output moves from step to step with non-zero mean and non-unit variance (C9,
+    after Santurkar et al. 2018, §2.1). In inference the map is its expectation,
+    ``y * (1 + noise_scale) / 2``.
+
+    Args:
+        noise_shift: half-width of the shift's uniform range.
+        noise_scale: upper end of the scale's uniform range (the lower end is 1).
+        noise_seed: seed of the noise's `keras.random.SeedGenerator`.
+        **kwargs: `kerasnorm.BatchNormalization`'s arguments.
+    """
+
+    def __init__(self, noise_shift=1.0, noise_scale=2.0, noise_seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.noise_shift = float(noise_shift)
+        self.noise_scale = float(noise_scale)
+        self.noise_seed_generator = keras.random.SeedGenerator(noise_seed)
+
+    def call(self, inputs, training=None, mask=None):
+        outputs = super().call(inputs, training=training, mask=mask)
+        units = (outputs.shape[-1],)
+        if not training:
+            return outputs * ((1.0 + self.noise_scale) / 2.0)
+        scale = keras.random.uniform(units, 1.0, self.noise_scale, seed=self.noise_seed_generator)
+        shift = keras.random.uniform(units, -self.noise_shift, self.noise_shift, seed=self.noise_seed_generator)
+        return outputs * scale + shift
+
+
+class PopulationBatchNormalization(kerasnorm.BatchNormalization):
+    """Batch norm that normalizes with its stored statistics in training too (C3): set
+    them to the training set's exact statistics under the current weights after every
+    compiled call (C3's ``Recalibrate``) and the normalization is batch norm's with the
+    batch noise removed, since an example's output no longer depends on its batch-mates.
+    `gamma` and `beta` still learn; the stored statistics take no gradient and no
+    moving-average update.
+
+    Args:
+        **kwargs: `kerasnorm.BatchNormalization`'s arguments.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
+
+
+# --- A small Transformer encoder (C10: can the norm be removed, or replaced by DyT?) -----
+
+#: Norms of the Transformer: each sits where a pre-LN Transformer has its layer norms.
+TRANSFORMER_NORMS = ("none", "layer", "rms", "dyt")
+
+
+class SinusoidalPositions(keras.layers.Layer):
+    """Adds the sinusoidal position code of Vaswani et al. (2017, §3.5) to ``(batch, time,
+    d)`` inputs of any length (no weights, so a test sequence longer than the training ones
+    still gets a position code)."""
+
+    def call(self, inputs):
+        length, d = ops.shape(inputs)[1], inputs.shape[-1]
+        position = ops.cast(ops.arange(length), "float32")[:, None]
+        rate = ops.exp(ops.cast(ops.arange(0, d, 2), "float32") * (-math.log(10000.0) / d))
+        angles = position * rate[None, :]
+        code = ops.reshape(ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1), (length, -1))[:, :d]
+        return inputs + ops.cast(code, inputs.dtype)[None]
+
+
+def transformer_model(
+    input_shape, num_classes, norm="layer", *, widths=None, masked=True, heads=2, blocks=2,
+    mlp_ratio=2, epsilon=1e-6, **_,
+):  # fmt: skip
+    """A pre-norm Transformer encoder classifier over padded sequences (C10).
+
+    ``Dense(d)`` embedding + sinusoidal positions, then `blocks` pre-norm blocks
+    (``h + MHA(norm(h))``, ``h + MLP(norm(h))`` with a GELU MLP of ``mlp_ratio * d``
+    units), a final norm, the mean over the real steps and a ``Dense`` layer giving logits:
+    the layout of ViT's encoder (Dosovitskiy et al. 2021), with mean pooling for the class
+    token. The norm is one of `TRANSFORMER_NORMS` (`norm_layer`'s layer, RMS or DyT over
+    the last axis; ``none`` drops every norm, the final one included).
+
+    Args:
+        input_shape: ``(time, features)``, time None allowed.
+        num_classes: number of logits.
+        norm: one of `TRANSFORMER_NORMS`.
+        widths: ``(d,)``, the model width (default 32).
+        masked: the model takes ``[x, mask]``, the boolean ``(batch, time)`` mask of real
+            steps: attention ignores padded keys and the pooling padded steps.
+        heads: attention heads (``d`` must divide by it).
+        blocks: encoder blocks.
+        mlp_ratio: hidden units of each block's MLP over ``d``.
+        epsilon: of the layer and RMS norms (1e-6, as in ViT's code).
+        **_: the other norm options of `build_model` (batch norms'), which do not apply.
+    """
+    if norm not in TRANSFORMER_NORMS:
+        raise ValueError(f"Transformers support norms {', '.join(TRANSFORMER_NORMS)}. Received: norm='{norm}'")
+    (d,) = tuple(widths or (32,))
+    if d % heads:
+        raise ValueError(f"The width must divide by the heads. Received: widths=({d},), heads={heads}")
+
+    def normed(h, name):
+        layer = norm_layer(norm, epsilon=epsilon, name=name)
+        return h if layer is None else layer(h)
+
+    x = keras.Input(shape=tuple(input_shape), name="x")
+    model_inputs = x
+    h = SinusoidalPositions(name="positions")(keras.layers.Dense(d, name="embedding")(x))
+    attention_mask, valid = None, None
+    if masked:
+        mask = keras.Input(shape=tuple(input_shape)[:1], dtype="bool", name="mask")
+        model_inputs = [x, mask]
+        attention_mask = ops.logical_and(mask[:, None, :], ops.ones_like(mask)[:, :, None])
+        valid = ops.expand_dims(ops.cast(mask, "float32"), -1)
+    for i in range(blocks):
+        a = normed(h, f"norm_{i}_attention")
+        a = keras.layers.MultiHeadAttention(heads, d // heads, name=f"attention_{i}")(
+            a, a, attention_mask=attention_mask
+        )
+        h = h + a
+        m = keras.layers.Dense(mlp_ratio * d, activation="gelu", name=f"mlp_{i}_hidden")(normed(h, f"norm_{i}_mlp"))
+        h = h + keras.layers.Dense(d, name=f"mlp_{i}_out")(m)
+    h = normed(h, "norm_final")
+    if valid is None:
+        pooled = ops.mean(h, axis=1)
+    else:
+        pooled = ops.sum(h * valid, axis=1) / ops.maximum(ops.sum(valid, axis=1), 1.0)
+    outputs = keras.layers.Dense(num_classes, name="logits")(pooled)
+    return keras.Model(model_inputs, outputs, name=f"transformer_{norm}")
+
+
+# --- The token model: per-token layers over padded, masked token sequences (C6) ----------
+
+#: Norms of a token model, and its default widths (embedding units, filters of each conv).
+TOKEN_NORMS = ("none", "batch", "layer")
+DEFAULT_TOKEN_WIDTHS = (32, 32, 32)
+
+
+def token_model(input_shape, num_classes, norm, widths=DEFAULT_TOKEN_WIDTHS, momentum=0.99, kernel_size=3,
+                epsilon=1e-3):
+    """A per-token classifier over padded one-hot token sequences, taking ``[x, mask]``
+    (``build_model(kind="tokens")``; its stacked form, with the same arguments and layer
+    names, is `studies.engine.stacked_recurrent.build_stacked_token_model`).
+
+    ``Dense`` embedding, then ``Conv1D`` layers, each ``-> norm -> relu`` (the norm as in
+    `norm_layer`: BN over the real tokens of the batch, its mask keeping padding out of the
+    statistics; LN over each token's features), padded positions reset to zero after each
+    layer (so the convolutions see them as zero padding), then the mean over the real
+    tokens and a ``Dense`` layer giving logits: a small, Transformer-free stand-in for
+    NLP's per-token layers.
+
+    Args:
+        input_shape: ``(time, features)`` of one sample (time may be None).
+        num_classes: number of logits.
+        norm: one of `TOKEN_NORMS`.
+        widths: units of the embedding, filters of each convolution.
+        momentum: batch norm's momentum.
+        kernel_size: convolution size.
+        epsilon: added to the norms' variances.
+    """
+    if norm not in TOKEN_NORMS:
+        raise ValueError(f"Token models support norms {', '.join(TOKEN_NORMS)}. Received: norm={norm!r}")
+    x = keras.Input(shape=tuple(input_shape), name="x")
+    mask = keras.Input(shape=tuple(input_shape)[:1], dtype="bool", name="mask")
+    valid = ops.expand_dims(ops.cast(mask, "float32"), -1)
+    use_bias = norm == "none"
+    h = x
+    for i, width in enumerate(widths):
+        if i == 0:
+            h = keras.layers.Dense(width, use_bias=use_bias, name="embedding")(h)
+        else:
+            h = keras.layers.Conv1D(width, kernel_size, padding="same", use_bias=use_bias, name=f"conv_{i}")(h)
+        layer = norm_layer(norm, momentum=momentum, epsilon=epsilon, name=f"norm_{i}")
+        if layer is not None:
+            h = layer(h, mask=mask) if norm == "batch" else layer(h)
+        h = keras.layers.Activation("relu", name=f"act_{i}")(h) * valid
+    pooled = ops.sum(h, axis=1) / ops.maximum(ops.sum(valid, axis=1), 1.0)
+    logits = keras.layers.Dense(num_classes, name="logits")(pooled)
+    return keras.Model([x, mask], logits, name=f"tokens_{norm}")

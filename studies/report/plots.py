@@ -7,6 +7,7 @@ regenerated from the same numbers, with a CSV of exactly the plotted numbers bes
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import matplotlib
@@ -31,6 +32,7 @@ COLORS = {
     "batch_renorm": "#D55E00",
     "ghost": "#882255",
     "frn": "#44AA99",
+    "dyt": "#DDCC77",
 }
 
 
@@ -104,28 +106,53 @@ VERDICT_COLORS = {
 }
 
 
-def forest(labels, mean, low, high, verdicts, marks, notes=None, ax=None):
+#: The summary figure's marker per task of a claim.
+TASK_MARKERS = {"synthetic": "D", "real data": "o"}
+
+
+def _clip(value, limit):
+    return value if limit is None or math.isnan(value) else max(-limit, min(limit, value))
+
+
+def forest(labels, mean, low, high, verdicts, marks, notes=None, ax=None, markers=None, limit=None):
     """A forest plot: one row per label, top to bottom, the point and its interval
     coloured by the row's verdict (`VERDICT_COLORS`), a vertical line at 0 (no effect),
     a short tick at each x of the row's `marks` (its thresholds) and, right of the axes,
-    the row's `notes` (e.g. the raw numbers). Rows with a NaN mean stay empty."""
+    the row's `notes` (e.g. the raw numbers). Rows with a NaN mean stay empty.
+
+    `markers`: the point's marker per row (`TASK_MARKERS`; default a diamond). `limit`:
+    the axis runs from -limit to limit; a point or an interval's end beyond it is drawn at
+    the edge as an arrow pointing out, with its value printed beside it, so that every
+    interval stays visible."""
     if ax is None:
         _, ax = new_axes(width=6.4, height=0.5 * len(labels) + 1.2)
     positions = list(range(len(labels)))[::-1]
     ax.axvline(0.0, color="#777777", linewidth=0.8)
     notes = notes or [""] * len(labels)
-    for y, m, lo, hi, v, xs, note in zip(positions, mean, low, high, verdicts, marks, notes):
+    markers = markers or ["D"] * len(labels)
+    for y, m, lo, hi, v, xs, note, marker in zip(positions, mean, low, high, verdicts, marks, notes, markers):
         c = VERDICT_COLORS.get(v, "#777777")
         for x in xs:
-            ax.plot([x, x], [y - 0.3, y + 0.3], color="#444444", linewidth=1.2)
+            ax.plot([_clip(x, limit)] * 2, [y - 0.3, y + 0.3], color="#444444", linewidth=1.2)
         if lo == lo and hi == hi:  # a NaN bound compares unequal to itself: no interval
-            ax.plot([lo, hi], [y, y], color=c, linewidth=2.2, solid_capstyle="butt")
+            ax.plot([_clip(lo, limit), _clip(hi, limit)], [y, y], color=c, linewidth=2.2, solid_capstyle="butt")
+            for end, value in (("low", lo), ("high", hi)):
+                if _clip(value, limit) != value:
+                    edge = _clip(value, limit)
+                    ax.plot([edge], [y], marker=">" if value > 0 else "<", color=c, markersize=6)
+                    ax.text(edge, y + 0.22, f"{value:.3g}", fontsize=6, color=c,
+                            ha="right" if value > 0 else "left", va="bottom")
         if m == m:
-            ax.plot([m], [y], marker="D", color=c, markersize=5)
+            shown = _clip(m, limit)
+            ax.plot([shown], [y], marker=marker, color=c, markersize=5,
+                    markerfacecolor=c if shown == m else "white")
         ax.text(1.02, y, note, transform=ax.get_yaxis_transform(), fontsize=7, va="center", ha="left")
     ax.set_yticks(positions)
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_ylim(-0.7, len(labels) - 0.3)
-    handles = [plt.Line2D([], [], color=c, marker="D", linewidth=2.2, label=v) for v, c in VERDICT_COLORS.items()]
-    ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
+    handles = [plt.Line2D([], [], color=c, linewidth=2.2, label=v) for v, c in VERDICT_COLORS.items()]
+    handles += [plt.Line2D([], [], color="#444444", marker=mk, linestyle="none", label=f"{task} task")
+                for task, mk in TASK_MARKERS.items() if mk in markers]
+    ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18),
+              ncol=3)
     return ax

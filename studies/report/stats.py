@@ -197,6 +197,32 @@ def verdict_from_checks(checks) -> str:
     return "partly supported"
 
 
+def deciding_check(checks, verdict=None, preferred=None) -> dict | None:
+    """The check that decides `verdict` (default: `verdict_from_checks(checks)`), as a
+    `Check.to_dict()`; None without a decisive check. Among the checks that decide, the one
+    named `preferred` (a claim's headline) if it is one, else the first:
+
+    - "inconclusive": a decisive check that is undecided;
+    - "not supported": a decisive check that fails (all do);
+    - "partly supported": a decisive check that fails, or, where all hold, a secondary one
+      that fails (what keeps the claim from "supported");
+    - "supported": a decisive check that holds (all do).
+    """
+    checks = [c.to_dict() if isinstance(c, Check) else c for c in checks]
+    decisive = [c for c in checks if c["decisive"]]
+    if not decisive:
+        return None
+    verdict = verdict or verdict_from_checks(checks)
+    failing = [c for c in decisive if c["outcome"] == "fails"]
+    candidates = {
+        "inconclusive": [c for c in decisive if c["outcome"] == "undecided"],
+        "not supported": failing,
+        "partly supported": failing or [c for c in checks if not c["decisive"] and c["outcome"] == "fails"],
+        "supported": [c for c in decisive if c["outcome"] == "holds"],
+    }.get(verdict) or decisive
+    return next((c for c in candidates if c["name"] == preferred), candidates[0])
+
+
 #: A run has converged when the last fifth of its training removed at most 5 % of its total
 #: decrease of the training loss. Fixed before any full run: were the decrease to go on at
 #: that rate, a quarter more training would lower the loss by at most 5 % of what it has

@@ -72,7 +72,7 @@ def test_list_counts_every_claims_plan(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, named",
     [
-        (["run", "--claims", "C10"], "unknown claim 'C10'; known: C1..C9"),
+        (["run", "--claims", "C99"], "unknown claim 'C99'; known: C1, C2, "),
         (["list", "--claims", "C1,X2"], "unknown claim 'X2'"),
         (["run", "--profile", "huge"], "unknown profile 'huge'"),
         (["list", "--profile", "huge"], "unknown profile 'huge'"),
@@ -142,3 +142,21 @@ def test_report_and_bench_delegate(tmp_path, monkeypatch):
     assert main(["bench", "--quick", "-h"]) == 0
     assert calls == [("report", tmp_path, tmp_path / "out"), ("bench", ["--quick", "-h"])]
     assert _exit_code(["list", "--quick"]) == 2
+
+
+def test_run_follows_the_seed_plans_by_default(tmp_path, monkeypatch, capsys):
+    from studies.engine import sweep
+
+    calls = []
+
+    def run_planned(claim_ids, profile, store, run_configs, sequential=True):
+        calls.append((claim_ids, profile, sequential))
+        return sweep.SweepSummary(planned=0, skipped=0, ok=0), {}
+
+    monkeypatch.setattr(plan, "run_planned", run_planned)
+    argv = ["run", "--claims", "C1", "--results", str(tmp_path)]
+    assert main(argv) == 0
+    assert main([*argv, "--no-sequential"]) == 0
+    assert main([*argv, "--sequential"]) == 0
+    assert calls == [(["C1"], "full", True), (["C1"], "full", False), (["C1"], "full", True)]
+    capsys.readouterr()

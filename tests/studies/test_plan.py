@@ -84,6 +84,17 @@ def test_run_planned_stops_at_the_cap_and_outside_the_full_profile(tmp_path, mon
     assert not (tmp_path / "quick" / plan.SEEDS).exists()
 
 
+def test_run_planned_follows_the_plans_by_default_and_reruns_nothing_once_complete(tmp_path, monkeypatch):
+    _patch(monkeypatch, needs=4)
+    store = ResultsStore(tmp_path)
+    summary, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store))  # sequential by default
+    assert seeds == {"C1": 4} and summary.ok == 8
+    # A fresh clone of the committed rows (``make report``): finished runs are skipped and the
+    # plan, complete, adds nothing.
+    summary, seeds = plan.run_planned(["C1"], "full", store, _fake_sweep(store))
+    assert seeds == {"C1": 4} and (summary.planned, summary.skipped, summary.ok) == (8, 8, 0)
+
+
 def test_run_planned_without_sequential_runs_the_grid_and_the_seeds_stored_before(tmp_path, monkeypatch):
     _patch(monkeypatch, needs=100)
     store = ResultsStore(tmp_path)

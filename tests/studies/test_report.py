@@ -25,22 +25,70 @@ def _report(results, out):
 
 def test_report_covers_every_claim_with_its_verdict_and_figures(smoke_results, tmp_path):
     text = _report(smoke_results, tmp_path)
+    front = text.split("\n## C", 1)[0]
+    assert "![fig-summary](figures/fig-summary.png)" in front  # the front page opens with it
+    assert len(text.splitlines()) <= 150 + 2 * len(claims.CLAIM_IDS)
     for claim_id in claims.CLAIM_IDS:
         section = text.split(f"\n## {claim_id}\n", 1)[1].split("\n## ", 1)[0]
-        assert re.search(r"\*\*Verdict: (supported|partly supported|inconclusive|not supported)\*\*", section), claim_id
-        assert "**Rule.**" in section and "**Published anchor.**" in section
-        assert "**Convergence" in section and "**Power.**" in section
+        assert re.search(r"\*\*(supported|partly supported|inconclusive|not supported)\*\*", section), claim_id
+        assert "**In practice:**" in section and ("Real-data task" in section or "No real-data task" in section)
         page = tmp_path / "claims" / f"{claim_id.lower()}.md"
-        assert f"]({page.relative_to(tmp_path).as_posix()})" in section and page.read_text().startswith(f"# {claim_id}: ")
-    assert text.count("## The verdict scale") == 1
-    assert "![fig-summary](figures/fig-summary.png)" in text.split("## The verdict scale")[0]
-    assert "sqrt(var + epsilon)" in text  # the note's formula, corrected once
+        assert f"]({page.relative_to(tmp_path).as_posix()})" in section
+        page_text = page.read_text()
+        assert page_text.startswith(f"# {claim_id}: ")
+        for part in ("## Rule", "## Checks", "- **Convergence**", "- **Ceiling and floor:**", "- **Power:**",
+                     "### Seed plan", "**Published anchor.**", "## Sensitivity"):
+            assert part in page_text, (claim_id, part)
+    for part in ("## Sensitivity", "## Deviations", "## The verdict scale", "## Provenance"):
+        assert text.count(part) == 1, part
+    assert "Layer benchmarks" not in text and (tmp_path / "bench.md").read_text().startswith("# Layer and engine")
+    assert "CLAIMS.md" not in text and "sqrt(var + epsilon)" in text
     assert "- profile: `smoke`" in text
-    figure_ids = set(re.findall(r"\(figures/(fig-[a-z0-9-]+)\.png\)", text))
+    figure_ids = set(re.findall(r"\(\.\./figures/(fig-[a-z0-9-]+)\.png\)", "".join(
+        p.read_text() for p in (tmp_path / "claims").glob("*.md"))))
     assert len({f.split("-")[1] for f in figure_ids if f.startswith("fig-c")}) == len(claims.CLAIM_IDS)
     for fig_id in figure_ids:
         for suffix in (".png", ".svg", ".csv"):
             assert (tmp_path / "figures" / f"{fig_id}{suffix}").stat().st_size > 0
+
+
+def _anchors(text):
+    """GitHub's anchors of a Markdown page's headings."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+
+
+def test_every_link_of_the_report_and_its_pages_resolves(smoke_results, tmp_path):
+    out = tmp_path / "out"
+    _report(smoke_results, out)
+    pages = [out / "REPORT.md", out / "bench.md", out / "sensitivity.md", *sorted((out / "claims").glob("*.md"))]
+    checked = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            assert not re.match(r"[a-z]+://", target), (page.name, target)  # nothing outside the repository
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            assert resolved.is_file(), (page.name, target)
+            if anchor:
+                assert anchor in _anchors(resolved.read_text()), (page.name, target)
+            checked += 1
+    assert checked > 3 * len(pages)
+    design = (out / "REPORT.md").read_text().split("[the study's design](", 1)[1].split(")", 1)[0]
+    assert (out / design).resolve() == report.DESIGN
+
+
+def test_sensitivity_table_from_rows(smoke_results, tmp_path):
+    rows = report.load_rows(smoke_results)
+    analyses = {cid: claims.analyze(cid, rows) for cid in claims.CLAIM_IDS}
+    table = report.sensitivity_table(analyses)
+    assert {r["claim"] for r in table} == set(claims.CLAIM_IDS)
+    for claim_id, a in analyses.items():
+        mine = [r for r in table if r["claim"] == claim_id]
+        assert mine[0]["judgement call (the other choice)"] == claims.ALL_RUNS_CONVERGED
+        assert [r["verdict under it"] for r in mine] == [s["verdict"] for s in a["sensitivity"]]
+        assert all(r["verdict as run"] == a["verdict"] for r in mine)
+        assert all(r["changes"] == ("yes" if r["verdict under it"] != a["verdict"] else "no") for r in mine)
+    page = report.sensitivity_page(analyses)
+    assert page.count("\n| C") == len(table)
 
 
 def test_report_regenerates_byte_for_byte(smoke_results, tmp_path):
@@ -104,16 +152,98 @@ def test_summary_figure_plots_each_claim_against_its_threshold(tmp_path):
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
 
 
-def test_summary_and_claim_page_carry_checks_convergence_and_power():
+def test_summary_figure_shows_both_tasks_and_clips_far_intervals_visibly(tmp_path):
     analyses = _analyses()
-    summary = report._summary(analyses)
-    assert "| **supported** |" in summary and "| **inconclusive** |" in summary
-    assert "C2 effect: 3.00 pp [1.00, 5.00] (n=6); claim >= 3 pp | undecided" in summary
+    far = stats.Check("C1 far", stats.Estimate(300.0, 200.0, 400.0, 6), 3.0, "at_least", "anchor", unit=" pp")
+    real = stats.Check("C1 real", stats.Estimate(-1.0, -2.0, 0.0, 6), 3.0, "at_least", "anchor", unit=" pp",
+                       real=True)
+    analyses["C1"] = stats.make_analysis(claim="C1", title="t", rule="r", evidence=[], anchor="a", setup="s",
+                                         checks=[far, real])
+    table = report.summary_table(analyses)
+    c1 = table[table["claim"] == "C1"]
+    assert c1["task"].tolist() == ["synthetic", "real data"]
+    assert c1["verdict"].tolist() == ["supported", "not supported"]
+    limit = float(table["limit"].iloc[0])
+    assert limit == report.SUMMARY_LIMIT and bool(c1.iloc[0]["clipped"]) and not bool(c1.iloc[1]["clipped"])
+    shown = table[["shown_low", "shown_high", "shown_mean"]].dropna().to_numpy()
+    assert (abs(shown) <= limit).all()
+    assert c1.iloc[0]["shown_low"] == limit and c1.iloc[0]["high"] == 400.0  # at the edge, value kept
+    report.summary_figure(analyses, tmp_path)
+
+
+def _check(name, low, high, decisive=True, real=False):
+    return stats.Check(name, stats.Estimate((low + high) / 2, low, high, 6), 3.0, "at_least", "anchor",
+                       decisive=decisive, real=real)
+
+
+def test_deciding_check_is_the_one_that_decides_the_verdict():
+    holds, fails, undecided = _check("holds", 4, 5), _check("fails", 0, 1), _check("undecided", 2, 4)
+    secondary_fails = _check("secondary", 0, 1, decisive=False)
+    assert stats.deciding_check([holds, undecided, fails])["name"] == "undecided"  # inconclusive
+    assert stats.deciding_check([fails, _check("fails too", -1, 0)], preferred="fails too")["name"] == "fails too"
+    assert stats.deciding_check([holds, fails])["name"] == "fails"  # partly supported
+    assert stats.deciding_check([holds, secondary_fails])["name"] == "secondary"  # partly supported
+    assert stats.deciding_check([holds, _check("holds too", 5, 6)], preferred="holds too")["name"] == "holds too"
+    assert stats.deciding_check([holds, undecided], preferred="holds")["name"] == "undecided"  # not a decider
+    assert stats.deciding_check([secondary_fails]) is None
+    a = stats.make_analysis(claim="C1", title="t", rule="r", evidence=[], anchor="a", setup="s",
+                            checks=[holds, _check("real", 0, 1, real=True)], headline="holds")
+    assert report.deciding_check(a)["name"] == "holds" and report.deciding_check(a, real=True)["name"] == "real"
+
+
+def test_front_page_says_the_practice_sentence_and_a_disagreement_plainly():
+    a = _analysis("C1", 4.0, 6.0)
+    assert report.practice_sentence(a) == report.NEUTRAL_PRACTICE["supported"]
+    a["practice"] = {"supported": "use BN above 8 samples per statistic"}
+    assert report.practice_sentence(a) == "use BN above 8 samples per statistic"
+    a["real_verdict"], a["real_agrees"] = "not supported", "disagrees"
+    assert "**disagrees** with the synthetic task (**supported**)" in report.real_task_text(a)
+    text = report._front_claim("C1", a)
+    assert "**In practice:** use BN above 8 samples per statistic" in text and "not averaged" in text
+
+
+def test_deviations_list_the_verdict_under_both_choices():
+    analyses = _analyses()
+    text = report._deviations_section(analyses, "`abc1234`")
+    assert "`abc1234`" in text and "No claim changed" in text
+    alternative = analyses["C1"]["sensitivity"][0]["alternative"] if analyses["C1"]["sensitivity"] else None
+    analyses["C1"]["sensitivity"] = [{"alternative": "momentum 0.9", "verdict": "inconclusive"}]
+    analyses["C1"]["deviations"] = {"momentum 0.9": "the run at abc1234 diverged at 0.9"}
+    assert alternative is None
+    records = report.deviations_table(analyses)
+    assert records == [{"claim": "C1", "as pre-registered": "momentum 0.9", "why it changed": "the run at abc1234 "
+                        "diverged at 0.9", "verdict as run": "supported", "verdict as pre-registered": "inconclusive"}]
+    text = report._deviations_section(analyses, "`abc1234`")
+    assert "| C1 | momentum 0.9 | the run at abc1234 diverged at 0.9 | supported | inconclusive |" in text
+    assert report.sensitivity_table(analyses)[0]["deviation"] == "yes"
+
+
+def test_rules_commit_is_the_commit_of_the_rows():
+    assert report.rules_commit(pandas.DataFrame({"commit": ["6d7033a", "6d7033a"]})) == "`6d7033a`"
+    assert "not recorded" in report.rules_commit(pandas.DataFrame())
+
+
+def test_claim_page_carries_checks_convergence_ceiling_and_power_per_task():
+    analyses = _analyses()
     page = report.claim_page("C3", analyses["C3"])
-    assert "| C3 effect | 0.00 pp [-0.50, 0.50] (n=6) | within ±1 pp | **undecided** | yes | at the ceiling: x |" in page
-    assert "5 of 6 runs in 0 of 1 arms converged" in page and "batch (5 of 6)" in page
+    assert ("| synthetic | C3 effect | 0.00 pp [-0.50, 0.50] (n=6) | within ±1 pp | **undecided** | yes | "
+            "at the ceiling: x |") in page
+    assert "5 of 6 runs converged, 0 diverged; 1 of 1 arms converged by the rule" in page
+    assert "norm=batch: 5 of 6 converged" in page and "has not converged" not in page
+    assert "1 of 1 checks blocked: C3 effect (at the ceiling: x)" in page
     assert "a pilot of 3 seeds; 6 per arm (pilot sd 1 pp)" in page and "up to 10" in page
     assert "*full table*" in page
+
+
+def test_convergence_line_counts_converged_runs_and_names_blocked_arms():
+    table = [{"act": "relu", "norm": "batch", "runs": 8, "diverged": 0, "converged": 2, "median_plateau": 0.2,
+              "worst_plateau": 0.5},
+             {"act": "relu", "norm": "layer", "runs": 8, "diverged": 0, "converged": 8, "median_plateau": 0.0,
+              "worst_plateau": 0.01}]
+    line = report.convergence_line(table)
+    assert "10 of 16 runs converged" in line and "1 of 2 arms converged by the rule" in line
+    assert "act=relu, norm=batch: 2 of 8 converged (the arm has not converged" in line
+    assert "norm=layer" not in line
 
 
 def test_bench_section_renders_the_engine_against_the_plain_loop():

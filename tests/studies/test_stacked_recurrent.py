@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from studies.claims.c6_layer_norm_sequences import token_model
 from studies.engine import models
 from studies.engine import stacked_recurrent as sr
+from studies.engine.models import token_model
 
 K, T, F, UNITS, CLASSES, BATCH = 3, 6, 5, 4, 3, 8
 LEARNING_RATE = 0.5
