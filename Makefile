@@ -2,6 +2,8 @@
 #   make test     install into .venv, then run the test suite: everything under TensorFlow,
 #                 then the layer tests (tests/kerasnorm) under JAX and under PyTorch
 #   make report   install into .venv, then run the full study and write reports/
+#   make docs     install into .venv, then build the API reference, guides and report
+#                 into build/site (offline; strict: a broken link or docstring fails it)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -14,12 +16,12 @@ RESULTS ?= reports/results
 # tensorflow_only is skipped there (tests/conftest.py).
 OTHER_BACKENDS ?= jax torch
 
-.PHONY: install test report quick bench clean
+.PHONY: install test report quick bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[study,test,ray]"
+	$(PY) -m pip install --quiet -e ".[study,test,ray,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,6 +54,9 @@ quick: install
 
 bench: install
 	$(PY) -m studies bench
+
+docs: install
+	$(PY) -m mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

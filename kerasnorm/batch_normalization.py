@@ -38,7 +38,8 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
     `keras.layers.BatchNormalization`. What kerasnorm adds:
 
     - statistics always in float32 (float64 in a layer of `dtype="float64"`) with two
-      passes, masked, and exact across `tf.distribute` replicas with `synchronized=True`;
+      passes, masked, and exact across `tf.distribute` replicas or `torch.distributed`
+      processes with `synchronized=True`;
     - masks covering any leading axes; a batch with no valid element, or whose statistics
       are not finite, leaves the moving statistics untouched (per feature);
     - `axis` may be a list (e.g. per channel and position);
@@ -73,11 +74,28 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
             then move linearly to `renorm_clipping`'s values at `end_step`, as in the
             schedule of Ioffe (2017). Needs finite `rmax` and `dmax`. Adds a step counter
             weight `renorm_step`.
-        synchronized: With the TensorFlow backend under a `tf.distribute` strategy,
-            compute the statistics over the global batch: replica sums and valid counts
-            are all-reduced, so the result equals one large batch (masks included).
-            TensorFlow only: with another backend, `synchronized=True` raises
-            `ValueError`.
+        synchronized: If True, compute the training statistics over the global batch
+            when the batch is split across replicas, so that outputs, gradients and
+            moving statistics equal those of one large batch (masks included: replicas
+            holding more valid elements weigh more). Per backend:
+            - TensorFlow, under a `tf.distribute` strategy with several replicas: the
+              replicas' sums and valid counts are all-reduced. Outside a strategy, or
+              with one replica, the layer's batch is the whole batch.
+            - PyTorch, in a process of an initialized `torch.distributed` process group
+              of several processes (each holding its part of the batch, as with
+              `DistributedDataParallel`): the sums and valid counts are all-reduced
+              over the default group, differentiably, so the inputs' gradients include
+              the other processes' losses and the parameter gradients averaged across
+              processes are those of one large batch. Every process must call the
+              layer in step (each call is a collective). Without an initialized group,
+              or with one process, the layer's batch is the whole batch. Tested
+              eagerly, Keras's default with PyTorch.
+            - JAX, with Keras's distribution API (`keras.distribution.DataParallel`):
+              the batch is one global array sharded across the devices and the step is
+              compiled as a whole, so the statistics are those of the global batch
+              already, and are so with `synchronized=False` too. The argument changes
+              nothing under JAX; inside `jax.pmap` or `shard_map` statistics stay per
+              device either way.
         virtual_batch_size: Optional int `k` (ghost batch normalization, Hoffer et al.
             2017): in training each consecutive group of `k` samples is normalized with
             its own statistics and the moving averages are updated once per group, in
@@ -115,6 +133,18 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
             averages updated, only when `training` is true and the layer is trainable.
         mask: Optional boolean tensor covering leading axes of `inputs` (typically
             `(batch, time)`); masked positions never enter the statistics.
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+        >>> bn = kerasnorm.BatchNormalization()
+        >>> print(keras.ops.convert_to_numpy(bn(x, training=True)).round(2))
+        [[-1. -1.]
+         [ 1.  1.]]
+        >>> print(keras.ops.convert_to_numpy(bn.moving_mean).round(2))  # 0.01 * batch mean
+        [0.02 0.2 ]
 
     Reference:
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
@@ -162,11 +192,6 @@ class BatchNormalization(AffineMixin, keras.layers.Layer):
             beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint,
         )  # fmt: skip
         self.synchronized = check_bool("synchronized", synchronized)
-        if synchronized and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "Argument `synchronized=True` needs the TensorFlow backend. "
-                f"Received: synchronized=True with backend={keras.backend.backend()!r}"
-            )
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
 

@@ -60,6 +60,22 @@ class BatchStatisticsRecorder(keras.callbacks.Callback):
         None: a `keras.callbacks.Callback`, passed to `model.fit(callbacks=[...])`. Read
         the records with `to_dataframe()`.
 
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> model = keras.Sequential(
+        ...     [keras.Input((2,)), kerasnorm.BatchNormalization(name="bn"), keras.layers.Dense(1)]
+        ... )
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0], [7.0, 70.0]])
+        >>> recorder = kerasnorm.BatchStatisticsRecorder()
+        >>> _ = model.fit(
+        ...     x, np.zeros((4, 1)), batch_size=2, shuffle=False, callbacks=[recorder], verbose=0
+        ... )
+        >>> recorder.to_dataframe()["batch_mean"].tolist()  # steps 0 and 1, features 0 and 1
+        [2.0, 20.0, 6.0, 60.0]
+
     Reference:
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167) (the moving
           averages and mini-batch statistics recorded here).
@@ -234,6 +250,20 @@ class FreezeBatchStatistics(keras.callbacks.Callback):
         None: a `keras.callbacks.Callback`, passed to `model.fit(callbacks=[...])`.
         After `fit`, `frozen_at_step` is the step at which it froze (None if it did
         not).
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> model = keras.Sequential(
+        ...     [keras.Input((2,)), kerasnorm.BatchNormalization(name="bn"), keras.layers.Dense(1)]
+        ... )
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0], [7.0, 70.0]])
+        >>> freeze = kerasnorm.FreezeBatchStatistics(at_step=1)
+        >>> _ = model.fit(x, np.zeros((4, 1)), batch_size=2, callbacks=[freeze], verbose=0)
+        >>> freeze.frozen_at_step, model.get_layer("bn").freeze_statistics
+        (1, True)
 
     Reference:
         - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576) (population

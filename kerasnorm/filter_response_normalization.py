@@ -121,6 +121,16 @@ class FilterResponseNormalization(AffineMixin, keras.layers.Layer):
             time)` for padded sequences), never the channel axis; masked positions do
             not enter the mean square. The mask passes through to the next layer.
 
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> x = np.array([[[3.0], [-4.0]]])  # (batch, positions, channels)
+        >>> frn = kerasnorm.FilterResponseNormalization()
+        >>> print(keras.ops.convert_to_numpy(frn(x)).round(2))  # max(x / 3.54, tau = 0)
+        [[[0.85]
+          [0.  ]]]
+
     Reference:
         - [Singh and Krishnan, 2020](https://arxiv.org/abs/1911.09737), eq. 1-2.
     """
@@ -227,6 +237,14 @@ class TLU(keras.layers.Layer):
 
     Call arguments:
         inputs: Floating-point tensor of rank 2 or more.
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> x = np.array([[-1.0, 2.0]])
+        >>> print(keras.ops.convert_to_numpy(kerasnorm.TLU()(x)))  # tau starts at 0
+        [[0. 2.]]
 
     Reference:
         - [Singh and Krishnan, 2020](https://arxiv.org/abs/1911.09737), eq. 2.

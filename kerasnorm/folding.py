@@ -122,6 +122,21 @@ def fold_batch_norm(model):
     Returns:
         The new model, with copies of all the other layers' weights.
 
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> model = keras.Sequential(
+        ...     [keras.Input((3,)), keras.layers.Dense(2), kerasnorm.BatchNormalization()]
+        ... )
+        >>> folded = kerasnorm.fold_batch_norm(model)
+        >>> [type(layer).__name__ for layer in folded.layers]
+        ['Dense', 'Identity']
+        >>> x = np.array([[1.0, 2.0, 3.0]])
+        >>> y, y_folded = (keras.ops.convert_to_numpy(m(x)) for m in (model, folded))
+        >>> bool(np.allclose(y, y_folded, atol=1e-6))
+        True
+
     Reference:
         - [Jacob et al., 2018](https://arxiv.org/abs/1712.05877), section 3.2 (folding
           batch normalization into the preceding weights for inference).

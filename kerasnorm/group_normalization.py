@@ -28,8 +28,9 @@ class GroupNormalization(AffineMixin, keras.layers.Layer):
     order), saved files and numbers are those of Keras's layer; the statistics are always
     computed in float32 (float64 for float64 inputs) with two passes, also for
     float16/bfloat16 inputs: the corrected two pass of `kerasnorm.moments`, except
-    inside XLA (`jit_compile=True`), where the plain two pass is faster (see
-    `kerasnorm.kernels.plain_normalize`).
+    with TensorFlow inside XLA (`jit_compile=True`), where the plain two pass is faster
+    (see `kerasnorm.kernels.plain_normalize`), and, channels last and unmasked, with JAX
+    and PyTorch, whose fast paths (`kerasnorm.kernels`) are as exact.
 
     What kerasnorm adds: a mask over leading axes (e.g. `(batch, time)` for padded
     sequences, as from `Embedding(mask_zero=True)`) keeps masked positions out of the
@@ -56,6 +57,15 @@ class GroupNormalization(AffineMixin, keras.layers.Layer):
         inputs: Floating-point tensor of rank 2 or more.
         mask: Optional boolean tensor covering leading axes of `inputs` (the batch axis
             first, never the channel axis); masked positions do not enter the statistics.
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> x = np.array([[1.0, 3.0, 10.0, 30.0]])  # two groups of two channels
+        >>> gn = kerasnorm.GroupNormalization(groups=2)
+        >>> print(keras.ops.convert_to_numpy(gn(x)).round(2))
+        [[-1.  1. -1.  1.]]
 
     Reference:
         - [Wu and He, 2018](https://arxiv.org/abs/1803.08494).
@@ -150,7 +160,7 @@ class GroupNormalization(AffineMixin, keras.layers.Layer):
                 f"Received: mask.shape={tuple(mask.shape)}, axis={self.axis}"
             )
 
-        if axis == ndim - 1 and kernels.available(x, (axis,), weights, False):
+        if axis == ndim - 1 and kernels.available(x, (axis,), weights, False, kernel="group_norm"):
             shape = (inputs.shape[axis],)
             gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones(shape)
             beta = ops.cast(self.beta, dtype) if self.center else ops.zeros(shape)

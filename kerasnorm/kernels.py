@@ -1,35 +1,84 @@
-"""Fast paths for the commonest case: one feature axis, last, no mask, one replica.
+"""Fast paths for the commonest case: one feature axis (or, for layer and RMS norm, one
+block of trailing axes), no mask, one replica, float32 (half-precision inputs reach here
+already cast to float32 by the layers, and their outputs are cast back).
 
-The maths is that of `moments.py` (float32 statistics, two passes with correction,
-subtract-the-mean-first normalization), except for training statistics under XLA (the
-plain two pass, see `plain_normalize`); what changes is how many passes over the data
-the backend makes. Tests check every path here against `moments.py` and Keras.
+One place chooses per backend: `ROUTES` maps each backend to the function that runs each
+normalization there (`batch_norm_train`, `batch_norm_inference`, `layer_norm`,
+`group_norm`, `rms_norm`); `available()` tells a layer whether its case and backend have
+one, and the public functions of the same names dispatch through it. A case without a
+route (a mask, ghost batches, renorm, a cross-replica reduction, float64, a backend or a
+normalization missing from `ROUTES`) takes the general path of `moments.py`, which the
+fast paths reproduce: float32 statistics, biased variance, epsilon inside the square
+root, and a mean as exact as the general path's even when it is large against the
+spread. Tests check every route against `moments.py` and Keras, on its backend.
+
+TensorFlow (`_tensorflow_*`). The maths is that of `moments.py` (two passes with
+correction, subtract-the-mean-first normalization), except for training statistics under
+XLA (the plain two pass, see `plain_normalize`); what changes is how many passes over the
+data the backend makes.
 
 - `closed_form_normalize`: statistics over rows or columns of a 2-D view, with the
   closed-form backward pass of Ioffe & Szegedy (2015) through `tf.custom_gradient`
   instead of differentiating each elementwise op, outside XLA on small tensors; where
   float32 matmuls are exact (`matmul_exact`) the same maths with every sum over the rows
   a matmul (`columns_by_matmul`).
-- `layer_norm` and `group_norm` outside XLA: the corrected two pass and a closed-form
+- Layer norm and group norm outside XLA: the corrected two pass and a closed-form
   backward (`per_sample_closed_form`) on a `(rows, positions, groups, channels)` view;
   for rows of one position (layer norm, group norm of dense inputs), every sum a matmul
   (`rows_by_matmul`) where float32 matmuls are exact.
 - Under XLA, layer norm, group norm and batch norm in training: the plain two pass
   (`plain_normalize`), which XLA fuses and differentiates faster than anything written
   around it.
-- `batch_norm_train` outside XLA, on large tensors: TensorFlow's fused batch-norm kernel,
-  which reads the input twice forward and twice backward. Its float32 mean accumulates rounding of
-  order 1e-7 times the mean; when the mean is large against the spread (over
-  `_FUSED_MAX_MEAN_TO_STD` standard deviations) that error becomes visible in the output,
-  and the closed form (corrected two-pass) runs instead.
+- Batch norm in training outside XLA, on large tensors: TensorFlow's fused batch-norm
+  kernel, which reads the input twice forward and twice backward. Its float32 mean
+  accumulates rounding of order 1e-7 times the mean; when the mean is large against the
+  spread (over `_FUSED_MAX_MEAN_TO_STD` standard deviations) that error becomes visible
+  in the output, and the closed form (corrected two-pass) runs instead.
+- RMS normalization has no TensorFlow route: the general path runs.
 
-Only the TensorFlow backend has these paths; `available()` tells the layers.
+JAX (`_two_pass_*`, written with `keras.ops`, which are `jax.numpy` there), always
+compiled by XLA: two passes that XLA fuses with their elementwise producers, the first a
+mean of the deviations from one sample of each reduction (`sample_shift`), as exact as
+the corrected two pass of `moments.py`, which reads the input a third time; the second
+the mean squared deviation from that mean. The output takes the form XLA runs fastest
+with its backward pass, which differs with the reduction (measured against Keras's form,
+forward and backward, on the bench's shapes):
+
+- batch and group norm: Keras's form `x * a + (beta - mean * a)`, `a = rsqrt(var + eps)
+  * gamma` (0.8 to 1.05x). A form from the deviations, `(x - s) * a + ...`, would keep
+  the output and gradients exact at any mean, but XLA's CPU reductions then take the
+  deviations as a tensor of their own, one more pass over the data (1.3 to 1.7x); in
+  Keras's form the output rounds to about `1e-7 * |mean| / std`, twice the general
+  path's (which subtracts a float32 mean), and the gradients like Keras's layer's.
+- layer norm: `(d - mean(d)) * rsqrt(var + eps) * gamma + beta` from the deviations `d`,
+  exact at any mean (0.45 to 0.85x: XLA fuses this product, whose factors broadcast
+  apart, better into the backward pass than Keras's full-size multiplier).
+- RMS normalization: Keras's form, `x * rsqrt(mean(x**2) + eps) * scale`; the general
+  path's full-size multiplier took 2.2x its time.
+
+PyTorch (`_torch_*`), run eagerly: PyTorch's fused kernels, which read the input once or
+twice each way where a composition of elementwise operations reads it a dozen times:
+`F.batch_norm` (training: its statistics returned through running buffers of momentum
+1, the unbiased variance scaled back to the biased one), `F.layer_norm`
+(`torch.native_layer_norm`, which returns its statistics), `F.group_norm`
+(`torch.native_group_norm`) and `F.rms_norm`. Batch and group norm get the channels
+first and contiguous, copied there: for channels-last inputs PyTorch's CPU kernels
+accumulate the statistics in float32 with the sum of squares (group norm: no significant
+digit left at a mean 1000 standard deviations; batch norm: errors 10x the general path's
+at mean zero), where for contiguous ones they use Welford's algorithm or double
+accumulators. The kernels compute `x * a + b'` with `b' = beta - mean * a`, which
+cancels when the mean is large against the spread (`_torch_ill_conditioned`): where a
+mean exceeds `_FUSED_MAX_MEAN_TO_STD` standard deviations the kernel runs again on the
+input minus one sample of each reduction (`sample_shift`). Below that
+limit their rounding stays within a few times the general path's (tested at 20).
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+
+from kerasnorm import moments
 
 _FUSED_MAX_MEAN_TO_STD = 30.0
 #: The fused kernel has a fixed cost of a few hundred microseconds on CPU; below about
@@ -44,11 +93,18 @@ _FUSED_INFERENCE_MIN_ELEMENTS = 2**18
 _FUSED_MIN_ELEMENTS_PER_SAMPLE = 4096
 
 
-def available(inputs, feature_axes, weights, synchronized, trailing_block=False):
-    """True when a fast path applies: TensorFlow, float32 inputs, no mask, no
+def available(inputs, feature_axes, weights, synchronized, trailing_block=False, kernel=None):
+    """True when a fast path applies: the backend has a route for `kernel` (a key of
+    `ROUTES`; None: any of the backend's routes, as batch norm asks, which needs both its
+    training and inference routes), float32 inputs, no mask (`weights` None), no
     cross-replica reduction, and `feature_axes` the last axis (or, with `trailing_block`,
-    any block of trailing axes: layer norm over (positions, channels) flattens them)."""
-    if keras.backend.backend() != "tensorflow" or weights is not None:
+    any block of trailing axes: layer norm over (positions, channels) flattens them).
+
+    With `synchronized`, the routes apply only where the batch is not split across
+    replicas (`moments._replica_sum` is None): otherwise the general path makes the
+    reduction across them."""
+    routes = ROUTES.get(keras.backend.backend())
+    if not routes or (kernel is not None and kernel not in routes) or weights is not None:
         return False
     ndim = len(inputs.shape)
     axes = tuple(feature_axes)
@@ -61,13 +117,46 @@ def available(inputs, feature_axes, weights, synchronized, trailing_block=False)
         return False
     if keras.backend.standardize_dtype(inputs.dtype) != "float32":
         return False
-    if synchronized:
-        import tensorflow as tf
-
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            return False
+    if synchronized and moments._replica_sum() is not None:
+        return False
     return True
+
+
+def _route(kernel):
+    return ROUTES[keras.backend.backend()][kernel]
+
+
+def batch_norm_train(x, gamma, beta, epsilon):
+    """Training-mode batch norm of float32 `x` over every axis but the last.
+
+    `gamma`/`beta` are `(C,)` tensors (ones/zeros when the layer has none). Returns
+    `(y, mean, variance)` with `mean`/`variance` of shape `(C,)`, biased and without
+    gradient (they feed the moving averages only)."""
+    return _route("batch_norm_train")(x, gamma, beta, epsilon)
+
+
+def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
+    """Inference-mode batch norm of float32 `x` (features last) with the given `(C,)`
+    statistics."""
+    return _route("batch_norm_inference")(x, mean, variance, gamma, beta, epsilon)
+
+
+def layer_norm(x, gamma, beta, epsilon, num_axes=1):
+    """Layer norm of float32 `x` over its last `num_axes` axes; `gamma`/`beta` have the
+    shape of those axes."""
+    return _route("layer_norm")(x, gamma, beta, epsilon, num_axes)
+
+
+def group_norm(x, gamma, beta, epsilon, groups):
+    """Group norm of float32 `x` (channels last) with `groups` groups; `gamma`/`beta`
+    have shape `(channels,)`."""
+    return _route("group_norm")(x, gamma, beta, epsilon, groups)
+
+
+def rms_norm(x, scale, epsilon, num_axes=1):
+    """RMS norm of float32 `x` over its last `num_axes` axes, `x * rsqrt(mean(x**2) +
+    epsilon) * scale`; `scale` has the shape of those axes."""
+    return _route("rms_norm")(x, scale, epsilon, num_axes)
 
 
 def in_xla():
@@ -184,7 +273,7 @@ def _fused(x2, gamma, beta, epsilon):
     return tf.reshape(y, tf.shape(x2)), tf.stop_gradient(mean), tf.stop_gradient(variance)
 
 
-def batch_norm_train(x, gamma, beta, epsilon):
+def _tensorflow_batch_norm_train(x, gamma, beta, epsilon):
     """Training-mode batch norm of float32 `x` over every axis but the last.
 
     `gamma`/`beta` are `(C,)` tensors (ones/zeros when the layer has none). Returns
@@ -432,7 +521,7 @@ def plain_normalize(x, axes, gamma, beta, epsilon):
     return x * a + (beta - mean * a), mean, variance
 
 
-def layer_norm(x, gamma, beta, epsilon, num_axes=1):
+def _tensorflow_layer_norm(x, gamma, beta, epsilon, num_axes=1):
     """Layer norm of float32 `x` over its last `num_axes` axes; `gamma`/`beta` have the
     shape of those axes."""
     import tensorflow as tf
@@ -452,7 +541,7 @@ def layer_norm(x, gamma, beta, epsilon, num_axes=1):
     return tf.reshape(y, tf.shape(x))
 
 
-def group_norm(x, gamma, beta, epsilon, groups):
+def _tensorflow_group_norm(x, gamma, beta, epsilon, groups):
     """Group norm of float32 `x` (channels last) with `groups` groups; `gamma`/`beta`
     have shape `(channels,)`."""
     import tensorflow as tf
@@ -478,7 +567,7 @@ def group_norm(x, gamma, beta, epsilon, groups):
     return tf.reshape(y, tf.shape(x))
 
 
-def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
+def _tensorflow_batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
     """Inference-mode batch norm of float32 `x` (features last) with given statistics:
     one pass through the fused kernel for large tensors outside XLA."""
     import tensorflow as tf
@@ -505,3 +594,203 @@ def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
         x4, gamma, beta, mean=mean, variance=variance, epsilon=epsilon, is_training=False
     )
     return tf.reshape(y, tf.shape(x))
+
+
+# -- JAX: two fused passes ------------------------------------------------------------
+
+
+def sample_shift(x, axes):
+    """The first element of each reduction of `x` over `axes`, reduced axes kept, without
+    gradient: a shift that makes the deviations `x - shift` of the order of the spread.
+
+    Subtracting it is exact (Sterbenz) for every element within a factor two of it, and
+    a sample lies at most `sqrt(n - 1)` standard deviations from the mean of `n`, which
+    bounds the deviations whatever the data. Their float32 sums round like the corrected
+    two pass of `moments.moments`, which reads the input a third time for the same end.
+    """
+    from keras import ops
+
+    index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape)))
+    return ops.stop_gradient(x[index])
+
+
+def shifted_moments(x, axes):
+    """Mean and biased variance of float32 `x` over `axes` (a tuple), reduced axes kept,
+    in two passes that XLA fuses with their producers: `mean = s + mean(x - s)` with `s`
+    the `sample_shift`, then `variance = mean((x - mean)**2)`. The mean is as exact as
+    that of `moments.moments` (measured at a mean 1e4 standard deviations: both within
+    0.5 ulp; the plain mean of `x`, seven times that). Gradients flow through both; the
+    one of the mean inside the variance is exactly zero and stopped."""
+    from keras import ops
+
+    shift = sample_shift(x, axes)
+    mean = shift + ops.mean(x - shift, axis=axes, keepdims=True)
+    variance = ops.mean(ops.square(x - ops.stop_gradient(mean)), axis=axes, keepdims=True)
+    return mean, variance
+
+
+def _trailing(x, num_axes):
+    ndim = len(x.shape)
+    return tuple(range(ndim - num_axes, ndim))
+
+
+def _two_pass_batch_norm_train(x, gamma, beta, epsilon):
+    from keras import ops
+
+    x2 = ops.reshape(x, (-1, x.shape[-1]))
+    mean, variance = shifted_moments(x2, (0,))
+    a = ops.rsqrt(variance + epsilon) * gamma
+    y = x2 * a + (beta - mean * a)
+    return ops.reshape(y, ops.shape(x)), ops.stop_gradient(mean[0]), ops.stop_gradient(variance[0])
+
+
+def _two_pass_batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
+    from keras import ops
+
+    return (x - mean) * (ops.rsqrt(variance + epsilon) * gamma) + beta
+
+
+def _two_pass_layer_norm(x, gamma, beta, epsilon, num_axes):
+    from keras import ops
+
+    axes = _trailing(x, num_axes)
+    d = x - sample_shift(x, axes)
+    d_mean = ops.mean(d, axis=axes, keepdims=True)
+    variance = ops.mean(ops.square(d - ops.stop_gradient(d_mean)), axis=axes, keepdims=True)
+    return (d - d_mean) * ops.rsqrt(variance + epsilon) * gamma + beta
+
+
+def _two_pass_group_norm(x, gamma, beta, epsilon, groups):
+    from keras import ops
+
+    # (batch, ..., groups, channels per group), reduced over all but the batch and group
+    # axes: XLA reduces the non-adjacent axes in one reduction.
+    ndim = len(x.shape)
+    split = (groups, x.shape[-1] // groups)
+    gx = ops.reshape(x, tuple(ops.shape(x)[:-1]) + split)
+    mean, variance = shifted_moments(gx, tuple(range(1, ndim - 1)) + (ndim,))
+    a = ops.rsqrt(variance + epsilon) * ops.reshape(gamma, split)
+    y = gx * a + (ops.reshape(beta, split) - mean * a)
+    return ops.reshape(y, ops.shape(x))
+
+
+def _two_pass_rms_norm(x, scale, epsilon, num_axes):
+    from keras import ops
+
+    mean_square = ops.mean(ops.square(x), axis=_trailing(x, num_axes), keepdims=True)
+    return x * ops.rsqrt(mean_square + epsilon) * scale
+
+
+# -- PyTorch: its fused kernels --------------------------------------------------------
+
+
+def _torch_ill_conditioned(mean, rstd):
+    """Whether a mean exceeds `_FUSED_MAX_MEAN_TO_STD` standard deviations (`rstd` is
+    `1 / sqrt(variance + epsilon)`), where `x * a + (beta - mean * a)` would cancel
+    visibly. Never on the meta device, where Keras infers shapes without values; a NaN
+    statistic compares false and keeps the kernel's (NaN) output, as the general path
+    gives."""
+    if mean.device.type == "meta" or mean.numel() == 0:
+        return False
+    return bool((mean.abs() * rstd).max() > _FUSED_MAX_MEAN_TO_STD)
+
+
+def _torch_batch_norm_train(x, gamma, beta, epsilon):
+    import torch
+    import torch.nn.functional as F
+
+    channels = x.shape[-1]
+    x2 = x.reshape(-1, channels)
+    rows = x2.shape[0]
+    if rows < 2:
+        # PyTorch refuses one value per channel in training; the variance is zero.
+        return _two_pass_batch_norm_train(x, gamma, beta, epsilon)
+    # (1, channels, rows), contiguous: the kernel's path with double accumulators.
+    x3 = x2.t().contiguous().unsqueeze(0)
+
+    def run(t):
+        # Running buffers of momentum 1 receive the batch's mean and unbiased variance.
+        mean = torch.zeros(channels, dtype=t.dtype, device=t.device)
+        unbiased = torch.zeros_like(mean)
+        y = F.batch_norm(t, mean, unbiased, gamma, beta, training=True, momentum=1.0, eps=epsilon)
+        return y, mean, unbiased * ((rows - 1) / rows)
+
+    y, mean, variance = run(x3)
+    if _torch_ill_conditioned(mean, torch.rsqrt(variance + epsilon)):
+        shift = x3[:, :, :1].detach()
+        y, mean, variance = run(x3 - shift)
+        mean = mean + shift.reshape(-1)
+    return y[0].t().reshape(x.shape), mean, variance
+
+
+def _torch_batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
+    import torch
+    import torch.nn.functional as F
+
+    x2 = x.reshape(-1, x.shape[-1])
+    inv = torch.rsqrt(variance + epsilon)
+    if _torch_ill_conditioned(mean, inv):
+        y = (x2 - mean) * (inv * gamma) + beta
+    else:
+        y = F.batch_norm(x2, mean, variance, gamma, beta, training=False, eps=epsilon)
+    return y.reshape(x.shape)
+
+
+def _torch_layer_norm(x, gamma, beta, epsilon, num_axes):
+    import torch
+
+    shape = tuple(x.shape[len(x.shape) - num_axes:])
+    y, mean, rstd = torch.native_layer_norm(x, shape, gamma, beta, epsilon)
+    if _torch_ill_conditioned(mean, rstd):
+        shift = x[(Ellipsis,) + (slice(0, 1),) * num_axes].detach()
+        y = torch.native_layer_norm(x - shift, shape, gamma, beta, epsilon)[0]
+    return y
+
+
+def _torch_group_norm(x, gamma, beta, epsilon, groups):
+    import torch
+
+    batch, channels = x.shape[0], x.shape[-1]
+    positions = x.numel() // max(batch * channels, 1)
+    # (batch, channels, positions), contiguous: the kernel's path with Welford's
+    # statistics.
+    x3 = x.reshape(batch, positions, channels).transpose(1, 2).contiguous()
+    y, mean, rstd = torch.native_group_norm(x3, gamma, beta, batch, channels, positions, groups, epsilon)
+    if _torch_ill_conditioned(mean, rstd):
+        by_group = x3.reshape(batch, groups, -1)
+        shifted = (by_group - by_group[:, :, :1].detach()).reshape(x3.shape)
+        y = torch.native_group_norm(shifted, gamma, beta, batch, channels, positions, groups, epsilon)[0]
+    return y.transpose(1, 2).reshape(x.shape)
+
+
+def _torch_rms_norm(x, scale, epsilon, num_axes):
+    import torch.nn.functional as F
+
+    return F.rms_norm(x, tuple(x.shape[len(x.shape) - num_axes:]), scale, epsilon)
+
+
+#: The fast path of each normalization, per backend (the module docstring says why each
+#: is the fastest there). `available` consults it: a backend or a normalization missing
+#: here takes the general path of `moments.py`.
+ROUTES = {
+    "tensorflow": {
+        "batch_norm_train": _tensorflow_batch_norm_train,
+        "batch_norm_inference": _tensorflow_batch_norm_inference,
+        "layer_norm": _tensorflow_layer_norm,
+        "group_norm": _tensorflow_group_norm,
+    },
+    "jax": {
+        "batch_norm_train": _two_pass_batch_norm_train,
+        "batch_norm_inference": _two_pass_batch_norm_inference,
+        "layer_norm": _two_pass_layer_norm,
+        "group_norm": _two_pass_group_norm,
+        "rms_norm": _two_pass_rms_norm,
+    },
+    "torch": {
+        "batch_norm_train": _torch_batch_norm_train,
+        "batch_norm_inference": _torch_batch_norm_inference,
+        "layer_norm": _torch_layer_norm,
+        "group_norm": _torch_group_norm,
+        "rms_norm": _torch_rms_norm,
+    },
+}

@@ -51,6 +51,15 @@ class LayerNormalization(AffineMixin, keras.layers.Layer):
         inputs: Floating-point tensor of any rank. A mask, if any, passes through
             unchanged (each position is normalized on its own).
 
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> x = np.array([[1.0, 2.0, 4.0], [10.0, 20.0, 40.0]])
+        >>> print(keras.ops.convert_to_numpy(kerasnorm.LayerNormalization()(x)).round(2))
+        [[-1.07 -0.27  1.34]
+         [-1.07 -0.27  1.34]]
+
     Reference:
         - [Ba et al., 2016](https://arxiv.org/abs/1607.06450).
     """
@@ -107,7 +116,7 @@ class LayerNormalization(AffineMixin, keras.layers.Layer):
         axes = call_axes(self.axis, inputs.shape, self._built_rank, self._weight_shape, self.name)
         dtype = M.statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
-        if not self.rms_scaling and kernels.available(x, axes, None, False, trailing_block=True):
+        if not self.rms_scaling and kernels.available(x, axes, None, False, trailing_block=True, kernel="layer_norm"):
             gamma = ops.cast(self.gamma, dtype) if self.gamma is not None else ops.ones(self._weight_shape)
             beta = ops.cast(self.beta, dtype) if self.beta is not None else ops.zeros(self._weight_shape)
             outputs = kernels.layer_norm(x, gamma, beta, self.epsilon, num_axes=len(axes))

@@ -6,7 +6,8 @@ state (the shape of Flax's ``linen/normalization.py``). The helpers here:
 - validate and canonicalize axis arguments (``canonicalize_axes``);
 - turn a Keras mask into per-element weights (``mask_weights``);
 - compute masked moments in float32 or better with two passes and, optionally, across
-  ``tf.distribute`` replicas (``moments``);
+  replicas: ``tf.distribute`` replicas under TensorFlow, the processes of a
+  ``torch.distributed`` group under PyTorch (``moments``);
 - apply the affine normalization with the same arithmetic as ``keras.ops``
   (``normalize``).
 
@@ -146,25 +147,73 @@ def reduced_count(inputs, axes):
     return count
 
 
-def _replica_context():
-    """The `tf.distribute` replica context when statistics should be synchronized across
-    more than one replica, else None (TensorFlow backend only)."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
+def _replica_sum():
+    """A function that sums a tensor over the replicas whose statistics should be
+    synchronized, or None when there is one replica. The one place that knows how each
+    backend distributes a batch:
 
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync <= 1:
-        return None
-    return ctx
+    - TensorFlow: the replicas of a `tf.distribute` strategy (`ReplicaContext.all_reduce`),
+      inside `strategy.run`; None outside a strategy or with one replica.
+    - PyTorch: the processes of the default `torch.distributed` process group, each
+      holding its part of the batch; None when no group is initialized or it has one
+      process. The sum is differentiable (`_torch_all_reduce_sum`).
+    - JAX: always None. Keras's distribution API (`keras.distribution.DataParallel`)
+      shards one global array over the devices and compiles the step with `jax.jit`, so a
+      reduction over the batch axis is already one over the global batch: XLA inserts the
+      cross-device sums. (Inside `jax.pmap` or `shard_map`, where each device sees its
+      own shard, statistics stay per device.)
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync <= 1:
+            return None
+        return lambda value: ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+    if backend == "torch":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+            return None
+        return _torch_all_reduce_sum()
+    return None
 
 
-def _all_reduce_sum(ctx, value):
-    if ctx is None:
-        return value
-    import tensorflow as tf
+# Built on first use, so that importing kerasnorm imports no backend.
+_torch_all_reduce = None
 
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+def _torch_all_reduce_sum():
+    """`torch.distributed.all_reduce` (sum over the default group) as a differentiable
+    function. Every replica's loss depends on every replica's contribution to the sum,
+    so the backward pass all-reduces the incoming gradients: each replica's input
+    gradient is then that of the sum of all replicas' losses, and the parameter
+    gradients averaged across replicas (`DistributedDataParallel`'s convention) are
+    those of one large batch. `torch.distributed.nn.functional.all_reduce` does the same
+    but is deprecated (a `FutureWarning`)."""
+    global _torch_all_reduce
+    if _torch_all_reduce is None:
+        import torch
+        import torch.distributed as dist
+
+        class AllReduceSum(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, value):
+                value = value.clone(memory_format=torch.contiguous_format)
+                dist.all_reduce(value)
+                return value
+
+            @staticmethod
+            def backward(ctx, grad):
+                return AllReduceSum.apply(grad)
+
+        _torch_all_reduce = AllReduceSum.apply
+    return _torch_all_reduce
+
+
+def _all_reduce_sum(replica_sum, value):
+    return value if replica_sum is None else replica_sum(value)
 
 
 def moments(inputs, axes, weights=None, synchronized=False):
@@ -182,18 +231,21 @@ def moments(inputs, axes, weights=None, synchronized=False):
         axes: tuple of non-negative axes to reduce over.
         weights: optional 0/1 float weights broadcastable to `inputs` (see
             `mask_weights`); elements of weight 0 never enter the statistics.
-        synchronized: under a `tf.distribute` strategy with several replicas, reduce over
-            the global batch: each replica contributes its sums and valid counts, so
-            replicas holding more valid elements weigh more, exactly as one large batch.
+        synchronized: with several replicas (a `tf.distribute` strategy under
+            TensorFlow, an initialized `torch.distributed` group under PyTorch; see
+            `_replica_sum`), reduce over the global batch: each replica contributes its
+            sums and valid counts, so replicas holding more valid elements weigh more,
+            exactly as one large batch, and gradients flow through the reduction. Under
+            JAX, Keras's data parallelism already reduces over the global batch.
 
     Returns:
         `Moments(mean, variance, count)`.
     """
     dtype = statistics_dtype(inputs.dtype)
     x = ops.cast(inputs, dtype)
-    ctx = _replica_context() if synchronized else None
+    replica_sum = _replica_sum() if synchronized else None
 
-    if weights is None and ctx is None:
+    if weights is None and replica_sum is None:
         # Unmasked, one replica: the backend's mean reductions.
         shift = ops.stop_gradient(ops.mean(x, axis=axes, keepdims=True))
         deviation = x - shift
@@ -207,9 +259,9 @@ def moments(inputs, axes, weights=None, synchronized=False):
         # The count has the statistics' shape even when the weights broadcast along
         # some of the reduced axes: sum a full-shape weight tensor.
         full_weights = ops.broadcast_to(weights, ops.shape(x))
-        count = _all_reduce_sum(ctx, ops.sum(full_weights, axis=axes, keepdims=True))
+        count = _all_reduce_sum(replica_sum, ops.sum(full_weights, axis=axes, keepdims=True))
         safe_count = ops.maximum(count, 1.0)
-        total = _all_reduce_sum(ctx, ops.sum(x * weights, axis=axes, keepdims=True))
+        total = _all_reduce_sum(replica_sum, ops.sum(x * weights, axis=axes, keepdims=True))
         shift = ops.stop_gradient(total / safe_count)
         deviation = (x - shift) * weights
         sums = ops.stack(
@@ -219,7 +271,7 @@ def moments(inputs, axes, weights=None, synchronized=False):
             ]
         )
         # One all-reduce carries both sums.
-        sums = _all_reduce_sum(ctx, sums) / safe_count
+        sums = _all_reduce_sum(replica_sum, sums) / safe_count
         first, second = sums[0], sums[1]
     mean = shift + first
     variance = ops.maximum(second - ops.square(first), 0.0)

@@ -78,6 +78,15 @@ def set_inference_weight(model, weight, layers=None):
     Returns:
         The list of layers set.
 
+    Example:
+        >>> import keras
+        >>> import kerasnorm
+        >>> model = keras.Sequential([keras.Input((2,)), kerasnorm.BatchNormalization(name="bn")])
+        >>> [layer.name for layer in kerasnorm.set_inference_weight(model, 1 / 8)]
+        ['bn']
+        >>> model.get_layer("bn").inference_weight
+        0.125
+
     Reference:
         - [Summers and Dinneen, 2020](https://arxiv.org/abs/1906.03548) (inference
           example weighing).
@@ -323,6 +332,18 @@ def recalibrate(model, data, batch_size=32, steps=None, layers=None):
         relative changes: `mean_max_shift_in_std`, the largest mean change in old
         standard deviations `|new - old| / sqrt(old_variance + epsilon)`, and
         `variance_max_rel_change`, the largest `|new - old| / old_variance`.
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> model = keras.Sequential([keras.Input((2,)), kerasnorm.BatchNormalization(name="bn")])
+        >>> _ = kerasnorm.recalibrate(model, np.array([[1.0, 10.0], [3.0, 30.0]]))
+        >>> bn = model.get_layer("bn")
+        >>> print(keras.ops.convert_to_numpy(bn.moving_mean))
+        [ 2. 20.]
+        >>> print(keras.ops.convert_to_numpy(bn.moving_variance))
+        [  1. 100.]
 
     Reference:
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167), Algorithm 2.

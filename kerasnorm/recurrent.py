@@ -217,6 +217,14 @@ class LayerNormLSTMCell(_LSTMBias, _GatedCell):
         states: `[h, c]`, each of shape `(batch, units)`.
         training: Python boolean; enables dropout.
 
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> rnn = keras.layers.RNN(kerasnorm.LayerNormLSTMCell(4))
+        >>> tuple(rnn(np.ones((2, 3, 5))).shape)  # (batch, time, features) -> (batch, units)
+        (2, 4)
+
     Reference:
         - [Ba et al., 2016](https://arxiv.org/abs/1607.06450), section 3.1 and the
           LN-LSTM of its experiments.
@@ -275,6 +283,14 @@ class LayerNormGRUCell(_GatedCell):
         inputs: The step input, shape `(batch, features)`.
         states: `[h]`, shape `(batch, units)`.
         training: Python boolean; enables dropout.
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> rnn = keras.layers.RNN(kerasnorm.LayerNormGRUCell(4), return_sequences=True)
+        >>> tuple(rnn(np.ones((2, 3, 5))).shape)
+        (2, 3, 4)
 
     Reference:
         - [Ba et al., 2016](https://arxiv.org/abs/1607.06450).
@@ -335,8 +351,8 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
 
     **Masks, and training inside `MaskedRNN`.** `keras.layers.RNN` calls its cell
     without the mask, so padded samples would enter the batch statistics of the steps
-    they pad, and (TensorFlow backend) it runs the first step twice, which would update
-    step 0's moving statistics twice. The cell therefore trains only inside
+    they pad, and (TensorFlow and PyTorch backends) it runs the first step twice, which
+    would update step 0's moving statistics twice. The cell therefore trains only inside
     `kerasnorm.MaskedRNN(cell)`, a drop-in `keras.layers.RNN` that hands each step's mask
     to the cell (`mask` below) and runs its shape probe in inference mode; training under
     another driver raises a `ValueError`. Inference (moving statistics, no update) works
@@ -345,9 +361,10 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
     them are updated. Batches of aligned sequences (unpadded, or right-padded,
     `padding="post"`) give exactly the per-step statistics of the paper; in a left-padded
     batch the samples valid at one RNN iteration may be at different indices, and share
-    that iteration's statistics. Training needs the TensorFlow or PyTorch backend: under
-    JAX the per-step updates would sit inside `jax.lax.scan`, and the cell raises
-    `NotImplementedError` instead (inference works there).
+    that iteration's statistics. Under JAX, where `jax.lax.scan` runs the steps and
+    cannot assign a variable inside them, `MaskedRNN` carries the moving statistics
+    through the loop with the state and assigns them once after it: the same numbers,
+    update by update, as the other backends.
 
     Args:{_CELL_ARGS_DOC}
         unit_forget_bias: If True, the forget-gate block of the bias starts at one.
@@ -367,11 +384,20 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
         mask: Optional boolean tensor of shape `(batch,)`, true for the samples whose
             step is valid; given by `kerasnorm.MaskedRNN`.
 
+    Example:
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> rnn = kerasnorm.MaskedRNN(kerasnorm.BatchNormLSTMCell(4, max_steps=3))
+        >>> tuple(rnn(np.ones((2, 3, 5))).shape)  # inference: the moving statistics
+        (2, 4)
+
     Reference:
         - [Cooijmans et al., 2016](https://arxiv.org/abs/1603.09025).
     """
 
     gates = 4
+    #: The weights holding moving statistics, each `(rows, features)`.
+    MOVING_STATISTICS = tuple(f"{w}_moving_{s}" for w in ("input", "recurrent", "cell") for s in ("mean", "variance"))
 
     def __init__(
         self,
@@ -397,6 +423,9 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
         self._rows = 1 if share_statistics else self.max_steps
         # Set by `MaskedRNN` while it runs this cell (see `call`).
         object.__setattr__(self, "_in_masked_rnn", False)
+        # Set by `MaskedRNN` when the moving statistics travel with the loop's state
+        # (`MOVING_STATISTICS` -> value) instead of being assigned at every step.
+        object.__setattr__(self, "_statistics_carry", None)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -442,28 +471,29 @@ class BatchNormLSTMCell(_LSTMBias, _GatedCell):
             present = present * weights
         rows = ops.expand_dims(ops.max(present, axis=0) > 0, -1)
         update = ops.logical_and(rows, ops.logical_and(stats.count > 0, M.is_finite(stats.mean, stats.variance)))
-        for variable, value in ((moving_mean, stats.mean), (moving_variance, stats.variance)):
-            old = ops.cast(variable, dtype)
-            new = old * self.momentum + value * (1.0 - self.momentum)
-            variable.assign(ops.cast(ops.where(update, new, old), variable.dtype))
+        carry = self._statistics_carry
+        for stat, value in (("mean", stats.mean), ("variance", stats.variance)):
+            name = f"{which}_moving_{stat}"
+            variable = getattr(self, name)
+            old = ops.cast(variable if carry is None else carry[name], dtype)
+            new = ops.cast(ops.where(update, old * self.momentum + value * (1.0 - self.momentum), old), variable.dtype)
+            if carry is None:
+                variable.assign(new)
+            else:
+                carry[name] = new
         return M.normalize(x, stats.mean, stats.variance, gamma, beta, self.epsilon)
 
+    def moving_statistics(self):
+        """The moving statistics, `MOVING_STATISTICS` in order: the state a training run
+        updates."""
+        return [getattr(self, name) for name in self.MOVING_STATISTICS]
+
     def call(self, inputs, states, training=False, mask=None):
-        if training and self.trainable and keras.backend.backend() == "jax":
-            # The moving statistics are assigned at every step, inside the RNN's
-            # jax.lax.scan, where JAX cannot carry a variable update out of the loop: fail
-            # here, clearly, rather than with a leaked-tracer error deep inside JAX.
-            raise NotImplementedError(
-                f"Cell '{self.name}' cannot train under the JAX backend: it updates its "
-                "per-step moving statistics inside the recurrence. Train it with the "
-                "TensorFlow or PyTorch backend (inference works under JAX), or use "
-                "kerasnorm.LayerNormLSTMCell. Received: training=True, backend='jax'"
-            )
         if training and self.trainable and not self._in_masked_rnn:
             raise ValueError(
                 f"Cell '{self.name}' trains only inside kerasnorm.MaskedRNN: keras.layers.RNN "
                 "gives its cell no mask (padded samples would enter the batch statistics) "
-                "and, with the TensorFlow backend, runs the first step twice (step 0's moving "
+                "and, with the TensorFlow and PyTorch backends, runs the first step twice (step 0's moving "
                 "statistics would be updated twice). Received: training=True outside MaskedRNN"
             )
         h_prev, c_prev, counter = states[0], states[1], states[2]
@@ -503,11 +533,21 @@ class MaskedRNN(keras.layers.RNN):
     sees its inputs.
 
     For such a cell one more thing differs from `keras.layers.RNN`: Keras's TensorFlow
-    backend runs the first step once more, before its time loop, only to learn the
+    and PyTorch backends run the first step once more, before their time loop (unless
+    unrolled), only to learn the
     output's shape; here that extra run is made in inference mode, so that it updates no
     moving statistics. For a cell that takes no mask (a `StackedRNNCells` among them:
     stack `MaskedRNN` layers with `return_sequences=True` instead), this layer is exactly
     `keras.layers.RNN`.
+
+    And under JAX, for a cell with moving statistics (`moving_statistics()`, as
+    `BatchNormLSTMCell`) in training and not unrolled: `jax.lax.scan` runs the steps,
+    inside which no variable can be assigned, so the statistics travel through the loop
+    as extra state (the cell updates those values, step by step, as it would update the
+    variables) and are assigned once after it. The masking of Keras's JAX loop (a masked
+    step keeps the previous state, and outputs the previous first state or, with
+    `zero_output_for_mask`, zeros) is then applied here, to the cell's state only: the
+    statistics follow their own rule, the step mask the cell receives.
 
     Args:
         cell: The RNN cell, as for `keras.layers.RNN`.
@@ -521,6 +561,16 @@ class MaskedRNN(keras.layers.RNN):
         mask: Optional boolean tensor `(batch, time)`.
         training: Python boolean, passed to the cell.
 
+    Example:
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> x = np.ones((2, 3, 5))
+        >>> mask = np.array([[True, True, True], [True, True, False]])  # padded after 2 steps
+        >>> cell = kerasnorm.BatchNormLSTMCell(4, max_steps=3)
+        >>> rnn = kerasnorm.MaskedRNN(cell, return_sequences=True)
+        >>> tuple(rnn(x, mask=mask).shape)
+        (2, 3, 4)
+
     Reference:
         - `keras.layers.RNN`, whose arguments and outputs this layer keeps.
     """
@@ -532,10 +582,11 @@ class MaskedRNN(keras.layers.RNN):
         if mask is not None:
             valid = ops.expand_dims(ops.cast(mask, sequences.dtype), -1)
             sequences_and_mask = ops.concatenate([sequences, valid], axis=-1)
-        # Keras's TensorFlow backend calls the step function once before its time loop,
-        # to learn the output's shape and dtype: that probe runs in inference mode, so
-        # that a cell with moving statistics does not update step 0's twice.
-        probe = [keras.backend.backend() == "tensorflow" and not self.unroll]
+        # Keras's TensorFlow and PyTorch backends call the step function once before
+        # their time loop, to learn the output's shape and dtype: that probe runs in
+        # inference mode, so that a cell with moving statistics does not update step 0's
+        # twice.
+        probe = [keras.backend.backend() in ("tensorflow", "torch") and not self.unroll]
 
         def step(inputs, states):
             kwargs = dict(cell_kwargs)
@@ -552,14 +603,19 @@ class MaskedRNN(keras.layers.RNN):
 
         if not tree.is_nested(initial_state):
             initial_state = [initial_state]
+        carry = self._carries_statistics(training)
+        if carry:
+            step = self._step_carrying_statistics(step, len(initial_state), mask is not None)
+            initial_state = list(initial_state) + [ops.convert_to_tensor(v) for v in self.cell.moving_statistics()]
         object.__setattr__(self.cell, "_in_masked_rnn", True)
         try:
-            return keras_backend.rnn(
+            last_output, outputs, states = keras_backend.rnn(
                 step,
                 sequences if mask is None else sequences_and_mask,
                 initial_state,
                 go_backwards=self.go_backwards,
-                mask=mask,
+                # Carrying the statistics, the step function masks the state itself.
+                mask=None if carry else mask,
                 unroll=self.unroll,
                 input_length=sequences.shape[1],
                 zero_output_for_mask=self.zero_output_for_mask,
@@ -567,3 +623,45 @@ class MaskedRNN(keras.layers.RNN):
             )
         finally:
             object.__setattr__(self.cell, "_in_masked_rnn", False)
+        if carry:
+            cell_states = len(states) - len(self.cell.MOVING_STATISTICS)
+            for variable, value in zip(self.cell.moving_statistics(), states[cell_states:]):
+                variable.assign(value)
+            states = states[:cell_states]
+        return last_output, outputs, states
+
+    def _carries_statistics(self, training):
+        """Whether the cell's moving statistics travel with the loop's state: under JAX,
+        training a cell that has them, in `jax.lax.scan` (not unrolled)."""
+        return (
+            bool(training)
+            and keras.backend.backend() == "jax"
+            and not self.unroll
+            and hasattr(self.cell, "moving_statistics")
+            and self.cell.trainable
+        )
+
+    def _step_carrying_statistics(self, step, num_states, masked):
+        """Wraps `step` (inputs and the cell's states in, output and new states out) for
+        a loop state extended by the cell's moving statistics: hands them to the cell as
+        its `_statistics_carry`, returns what the cell made of them, and masks the cell's
+        state (and output) as Keras's JAX loop does."""
+        names = self.cell.MOVING_STATISTICS
+
+        def carrying(inputs, states):
+            states = list(states)
+            cell_states, statistics = states[:num_states], states[num_states:]
+            values = dict(zip(names, statistics))
+            object.__setattr__(self.cell, "_statistics_carry", values)
+            try:
+                output, new_states = step(inputs, cell_states)
+            finally:
+                object.__setattr__(self.cell, "_statistics_carry", None)
+            if masked:
+                valid = ops.expand_dims(inputs[:, -1] > 0.5, -1)
+                previous = ops.zeros_like(output) if self.zero_output_for_mask else cell_states[0]
+                output = ops.where(valid, output, previous)
+                new_states = [ops.where(valid, new, old) for new, old in zip(new_states, cell_states)]
+            return output, list(new_states) + [values[name] for name in names]
+
+        return carrying

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerasnorm import kernels
 from kerasnorm import moments as M
 from kerasnorm._common import call_axes, keras_axis_argument, positive_float
 
@@ -22,7 +23,9 @@ class RMSNormalization(keras.layers.Layer):
     The arguments, defaults, weight (`scale`, shaped like the normalized axes), saved
     files and numbers are those of Keras's layer. The mean square is computed in float32
     (float64 for float64 inputs) by `kerasnorm.moments.mean_square`, also for
-    float16/bfloat16 inputs.
+    float16/bfloat16 inputs; for a trailing block of axes under JAX and PyTorch, by the
+    backend's fast path of `kerasnorm.kernels` (the same maths: PyTorch's `F.rms_norm`,
+    as Keras's layer there).
     A mask passes through unchanged (each position is normalized on its own). As Keras's,
     a layer built for inputs of one rank normalizes `axis` of inputs of another (e.g. the
     last axis for `axis=-1`); where `scale` does not fit those axes it raises `ValueError`.
@@ -36,6 +39,14 @@ class RMSNormalization(keras.layers.Layer):
 
     Call arguments:
         inputs: Floating-point tensor of any rank.
+
+    Example:
+        >>> import keras
+        >>> import numpy as np
+        >>> import kerasnorm
+        >>> x = np.array([[3.0, 4.0]])  # root mean square 3.54
+        >>> print(keras.ops.convert_to_numpy(kerasnorm.RMSNormalization()(x)).round(2))
+        [[0.85 1.13]]
 
     Reference:
         - [Zhang and Sennrich, 2019](https://arxiv.org/abs/1910.07467).
@@ -64,6 +75,9 @@ class RMSNormalization(keras.layers.Layer):
         axes = call_axes(self.axis, inputs.shape, self._built_rank, self.scale.shape, self.name)
         dtype = M.statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
+        if kernels.available(x, axes, None, False, trailing_block=True, kernel="rms_norm"):
+            outputs = kernels.rms_norm(x, ops.cast(self.scale, dtype), self.epsilon, num_axes=len(axes))
+            return ops.cast(outputs, self.compute_dtype)
         mean_square = M.mean_square(x, axes)
         scale_shape = [1] * ndim
         for a, n in zip(axes, self.scale.shape):

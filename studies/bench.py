@@ -33,6 +33,13 @@ import time
 SHAPES = {"conv": (128, 32, 32, 64), "dense": (256, 512), "sequence": (64, 128, 256)}
 TINY_SHAPES = {"conv": (4, 4, 4, 8), "dense": (8, 16), "sequence": (2, 4, 8)}
 LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
+#: The Keras backends the layer cases run under, each in processes of its own (Keras fixes
+#: its backend at import).
+BACKENDS = ("tensorflow", "jax", "torch")
+#: The compilations timed per backend, as the rows' `xla` flag: TensorFlow in a
+#: `tf.function` and under XLA; JAX always under XLA (`jax.jit`); PyTorch eagerly, Keras's
+#: default there (`torch.compile` would compile each case for minutes on CPU).
+COMPILATIONS = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}
 #: Targets of issue 6: kerasnorm / Keras time ratio, at most.
 TARGET_BN_CONV_TRAIN = 0.6
 #: "No slower than the built-in, within noise": a median ratio up to this counts as equal,
@@ -80,8 +87,13 @@ def time_alternating(functions, repeats, warmup=2, min_sample_s=0.0):
 
 
 def _block(result):
+    """Waits for `result` (or its first element): a TensorFlow tensor is read back, a
+    JAX array waited for; PyTorch on CPU and NumPy values are already there."""
     first = result[0] if isinstance(result, (list, tuple)) else result
-    first.numpy()
+    if hasattr(first, "block_until_ready"):
+        first.block_until_ready()
+    elif hasattr(first, "numpy") and not hasattr(first, "requires_grad"):
+        first.numpy()
 
 
 def median_ratio(numerator, denominator):
@@ -121,6 +133,8 @@ def _layer_pair(name, shape, control=False):
 
 
 def _step(layer, x, train, xla):
+    """TensorFlow: the layer's forward pass, or forward and backward from a fixed upstream
+    gradient, in a `tf.function` (`xla`: compiled by XLA)."""
     import tensorflow as tf
 
     kwargs = {"training": True} if train else {}
@@ -143,7 +157,34 @@ def _step(layer, x, train, xla):
     return forward_backward if train else forward
 
 
+def _model_step(layer, x, train):
+    """JAX and PyTorch: a Keras model of the layer alone, compiled as Keras compiles on
+    the backend (`jit_compile=True` under JAX; eager under PyTorch), its
+    `train_on_batch` (SGD on the mean squared error to a fixed target: forward, backward
+    and the update, the same on both sides) or `predict_on_batch`."""
+    import keras
+
+    inputs = keras.Input(tuple(x.shape[1:]), batch_size=x.shape[0])
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse", jit_compile=keras.backend.backend() == "jax")
+    if not train:
+        return lambda: model.predict_on_batch(x)
+    target = keras.random.normal(tuple(x.shape), seed=6)
+    return lambda: model.train_on_batch(x, target)
+
+
 def _floor(x, xla):
+    """One elementwise pass over `x`, compiled as the cases are."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        elementwise = jax.jit(lambda v: v * 1.0001 + 0.5)
+        return lambda: elementwise(x)
+    if backend != "tensorflow":
+        return lambda: x * 1.0001 + 0.5
     import tensorflow as tf
 
     @tf.function(jit_compile=xla)
@@ -163,25 +204,27 @@ def noise_band(rows):
     return max([NOISE_RATIO] + spread)
 
 
-def bench_layers(shapes, repeats, processes=1, tiny=False):
-    """Rows: one per (shape, layer, mode, compilation), judged against their targets.
+def bench_layers(shapes, repeats, processes=1, tiny=False, backends=BACKENDS):
+    """Rows: one per (backend, shape, layer, mode, compilation), judged against their
+    targets.
 
-    With `processes` > 1 the cases are measured in that many fresh Python processes, one
-    after another, and each quantity of a case is the median over the processes: the
-    largest part of the noise is from one process to the next (each compiles and lays
-    out its own functions), which alternating within a process cannot cancel.
+    Each backend's cases are measured in `processes` fresh Python processes of that
+    backend, one after another, and each quantity of a case is the median over the
+    processes: the largest part of the noise is from one process to the next (each
+    compiles and lays out its own functions), which alternating within a process cannot
+    cancel.
     """
-    if processes == 1:
-        rows = measure_layers(shapes, repeats, _min_sample_s(tiny))
-    else:
+    rows = []
+    for backend in backends:
         runs = []
         for _ in range(processes):
             with tempfile.TemporaryDirectory() as tmp:
                 out = pathlib.Path(tmp) / "layers.json"
                 command = [sys.executable, "-m", "studies.bench", "--layers-only", str(out), "--repeats", str(repeats)]
-                subprocess.run(command + (["--tiny"] if tiny else []), check=True)
+                env = dict(os.environ, KERAS_BACKEND=backend)
+                subprocess.run(command + (["--tiny"] if tiny else []), check=True, env=env)
                 runs.append(json.loads(out.read_text()))
-        rows = combine_processes(runs)
+        rows += combine_processes(runs)
     return judge(rows)
 
 
@@ -200,36 +243,51 @@ def combine_processes(runs):
     return rows
 
 
+def _backend(row):
+    """The row's Keras backend; rows stored before the other backends were timed are
+    TensorFlow's."""
+    return row.get("backend", "tensorflow")
+
+
 def judge(rows):
-    """Sets each row's `target` (BN conv training's, else `noise_band`), `met`, and
-    `met_at_fixed_ratio` (against `NOISE_RATIO` alone)."""
-    band = round(noise_band(rows), 3)
+    """Sets each row's `target` (under TensorFlow, BN conv training's; else the
+    `noise_band` of the row's backend), `met`, and `met_at_fixed_ratio` (against
+    `NOISE_RATIO` alone). Rows without a backend are TensorFlow's."""
+    backends = {_backend(r) for r in rows}
+    bands = {b: round(noise_band([r for r in rows if _backend(r) == b]), 3) for b in backends}
     for r in rows:
-        special = (r["layer"], r["shape"], r["mode"]) == ("BatchNormalization", "conv", "train fwd+bwd")
-        r["target"] = TARGET_BN_CONV_TRAIN if special else band
+        case = (r["layer"], r["shape"], r["mode"])
+        special = _backend(r) == "tensorflow" and case == ("BatchNormalization", "conv", "train fwd+bwd")
+        r["target"] = TARGET_BN_CONV_TRAIN if special else bands[_backend(r)]
         r["met"] = bool(r["ratio"] <= r["target"])
         r["met_at_fixed_ratio"] = bool(r["ratio"] <= min(r["target"], NOISE_RATIO))
     return rows
 
 
 def measure_layers(shapes, repeats, min_sample_s=MIN_SAMPLE_S):
-    """Unjudged rows of one process. Each case also times a second copy of the Keras
-    layer (`keras_vs_keras`), the A/A control of `noise_band`."""
-    import tensorflow as tf
+    """Unjudged rows of one process, under the Keras backend it runs (`COMPILATIONS`:
+    `_step` under TensorFlow, `_model_step` elsewhere). Each case also times a second
+    copy of the Keras layer (`keras_vs_keras`), the A/A control of `noise_band`."""
+    import keras
 
+    backend = keras.backend.backend()
     rows = []
     for shape_name, shape in shapes.items():
-        x = tf.random.stateless_normal(shape, seed=(1, 2))
-        for xla in (False, True):
+        x = keras.random.normal(shape, seed=1)
+        for xla in COMPILATIONS[backend]:
             floor = time_alternating({"floor": _floor(x, xla)}, repeats, min_sample_s=min_sample_s)["floor"]
             for layer_name in LAYERS:
                 for train in (False, True):
                     pair = _layer_pair(layer_name, shape, control=True)
-                    fns = {k: _step(layer, x, train, xla) for k, layer in pair.items()}
+                    if backend == "tensorflow":
+                        fns = {k: _step(layer, x, train, xla) for k, layer in pair.items()}
+                    else:
+                        fns = {k: _model_step(layer, x, train) for k, layer in pair.items()}
                     times = time_alternating(fns, repeats, min_sample_s=min_sample_s)
                     ratio = median_ratio(times["kerasnorm"], times["keras"])
                     rows.append(
                         {
+                            "backend": backend,
                             "shape": shape_name,
                             "layer": layer_name,
                             "mode": "train fwd+bwd" if train else "inference fwd",
@@ -348,24 +406,31 @@ def bench_throughput(executor, tiny):
     return rows
 
 
-#: Target of issue 13: the engine's wall time for a sweep of 8 seeds at most this fraction
+#: Targets: the engine's wall time for a sweep of 8 seeds, per model, at most this fraction
 #: of a plain Keras loop's over the same seeds.
-TARGET_ENGINE_VS_PLAIN = 0.2
+TARGETS_ENGINE_VS_PLAIN = {"mlp": 0.15, "cnn1d": 0.20, "lstm": 0.30}
 
 
 def engine_configs(model, tiny):
     """The 8 seeds of one study arm: the study's MLP as C1 runs it (3x100, BN, SGD with
-    momentum, batch 32, 25 evaluations every 50 steps: 1250 steps) or the 1-D CNN as C7
-    does (BN, 4000 samples, 8 epochs); `tiny`: a few steps of small ones."""
+    momentum, batch 32, 25 evaluations every 50 steps: 1250 steps), the 1-D CNN as C7
+    does (BN, 4000 samples, 8 epochs) or the LSTM as C5 does (64 units, Cooijmans's BN
+    cell with per-step statistics, on masked token sequences of 5 to 20 steps, the test
+    split up to 40; 2000 samples, 6 epochs); `tiny`: a few steps of small ones."""
     from studies.engine import stacked
     from studies.engine.config import RunConfig, grid
 
     if model == "mlp":
         base = RunConfig(claim="bench", model="mlp", norm="batch", widths=(100, 100, 100), learning_rate=0.1,
                          steps_per_epoch=5 if tiny else 50, epochs=2 if tiny else 25, num_samples=500 if tiny else None)
-    else:
+    elif model == "cnn1d":
         base = RunConfig(claim="bench", model="cnn1d", norm="batch", learning_rate=0.05,
                          num_samples=300 if tiny else 4000, epochs=1 if tiny else 8)  # fmt: skip
+    else:
+        lengths = {"data.min_len": 5, "data.max_train_len": 20, "data.max_test_len": 40}
+        base = RunConfig(claim="bench", dataset="sequences", model="rnn", cell="lstm", norm="batch",
+                         widths=(8,) if tiny else (64,), learning_rate=0.05, batch_size=32,
+                         num_samples=200 if tiny else 2000, epochs=1 if tiny else 6, options=lengths)  # fmt: skip
     return grid(base, seed=list(range(stacked.MEMBERS)))
 
 
@@ -436,7 +501,7 @@ def bench_engine(tiny, repeats):
     CNN, alternating `repeats` times; medians of the wall times and of the overheads (the
     share of the wall time not spent training)."""
     rows = []
-    for model in ("mlp", "cnn1d"):
+    for model, target in TARGETS_ENGINE_VS_PLAIN.items():
         configs = engine_configs(model, tiny)
         times = {"plain": [], "engine": []}
         for i in range(repeats):
@@ -457,8 +522,8 @@ def bench_engine(tiny, repeats):
                 "ratio": ratio,
                 "plain_overhead": overhead["plain"],
                 "engine_overhead": overhead["engine"],
-                "target": TARGET_ENGINE_VS_PLAIN,
-                "met": bool(ratio <= TARGET_ENGINE_VS_PLAIN),
+                "target": target,
+                "met": bool(ratio <= target),
             }
         )
         print(rows[-1], flush=True)
@@ -470,44 +535,51 @@ ENGINE_DESCRIPTION = (
     "of one stacked model) against a plain Keras loop over the same 8 seeds (per seed: clean "
     "session, build, compile, `fit` with the test set evaluated after each epoch), alternating "
     "the two; medians over the repeats of the wall times, of the ratio engine / plain, and of "
-    "the overheads (1 - training time / wall time). Target (issue 13): the engine at most "
-    f"{TARGET_ENGINE_VS_PLAIN}x the plain loop's wall time."
+    "the overheads (1 - training time / wall time). Targets: the engine at most "
+    + ", ".join(f"{t}x the plain loop's wall time for the {m.upper()}" for m, t in TARGETS_ENGINE_VS_PLAIN.items())
+    + "."
 )
 
 
 def _row_text(r):
     return (
-        f"{r['shape']:8s} {r['layer']:19s} {r['mode']:14s} xla={str(r['xla']):5s} keras {r['keras_ms']:8.2f} ms"
+        f"{_backend(r):10s} {r['shape']:8s} {r['layer']:19s} {r['mode']:14s} xla={str(r['xla']):5s} keras {r['keras_ms']:8.2f} ms"
         f"  kerasnorm {r['kerasnorm_ms']:8.2f} ms  ratio {r['ratio']:.3f}, keras/keras {r['keras_vs_keras']:.3f}"
     )
 
 
 DESCRIPTION = (
+    "Each backend times its cases its own way: TensorFlow the layer alone in a `tf.function` "
+    "and under XLA (`xla`), training as forward and backward from a fixed upstream gradient; "
+    "JAX (always XLA) and PyTorch (eager, Keras's default there) a Keras model of the layer "
+    "alone, `predict_on_batch`, and `train_on_batch` with SGD on the mean squared error. "
     "Median time of one call and the median of pairwise time ratios (kerasnorm / Keras), "
     "alternating the two in one process, each sample at least "
     f"{int(MIN_SAMPLE_S * 1000)} ms long (consecutive calls of a fast case, time per call "
-    "reported; one call with `--tiny`, a functional check); `floor_ms` is one elementwise pass over the same tensor. The cases run in "
-    "{processes} process(es), one after another; every number of the table is the "
+    "reported; one call with `--tiny`, a functional check); `floor_ms` is one elementwise pass over the same tensor. Each "
+    "backend's cases run in {processes} process(es), one after another; every number of the table is the "
     "median over them (`ratio_per_process` in bench.json keeps each). Each case also "
     "times a second copy of the Keras layer, alternating with the other two: "
     "`keras_vs_keras` is its median ratio to the first, the spread between identical "
-    "computations. Targets (issue 6): BatchNormalization training on the conv shape at most "
-    f"{TARGET_BN_CONV_TRAIN}x the built-in's time; every other case no slower than the "
-    f"built-in within noise: a ratio at most {NOISE_RATIO}, or at most the largest "
-    "`keras_vs_keras` of the run (either way, as a factor) when that is larger (the "
-    "`target` column). `met_at_fixed_ratio` applies the fixed "
+    "computations. Targets (issue 6): under TensorFlow, BatchNormalization training on the conv "
+    f"shape at most {TARGET_BN_CONV_TRAIN}x the built-in's time; every other case no slower than "
+    f"the built-in within noise: a ratio at most {NOISE_RATIO}, or at most the largest "
+    "`keras_vs_keras` of the backend's cases (either way, as a factor) when that is larger "
+    "(the `target` column). `met_at_fixed_ratio` applies the fixed "
     f"{NOISE_RATIO} alone."
 )
 
 
-def run(shapes, repeats, executor="ray", tiny=False, processes=1):
-    """Runs the three benchmarks; returns the JSON-ready result."""
-    layer_rows = bench_layers(shapes, repeats, processes, tiny)
+def run(shapes, repeats, executor="ray", tiny=False, processes=1, backends=BACKENDS):
+    """Runs the three benchmarks (the layers under each of `backends`); returns the
+    JSON-ready result."""
+    layer_rows = bench_layers(shapes, repeats, processes, tiny, backends)
     folding_rows = bench_folding(shapes, repeats, _min_sample_s(tiny))
     throughput_rows = bench_throughput(executor, tiny)
     return {
         "description": DESCRIPTION.format(processes=processes),
         "processes": processes,
+        "backends": list(backends),
         "machine": machine(),
         "repeats": repeats,
         "shapes": {k: list(v) for k, v in shapes.items()},
@@ -528,10 +600,21 @@ def figures(bench, out_dir):
     from studies.report import plots
 
     table = pandas.DataFrame(bench["table"])
+    if "backend" not in table:
+        table["backend"] = "tensorflow"
     table["case"] = table["shape"] + " " + table["mode"].str.split().str[0]
-    fig, axes = plots.new_axes(width=4.2, height=3.4, ncols=2)
-    for ax, xla in zip(axes, (False, True)):
-        part = table[table["xla"] == xla]
+    # One panel per backend and compilation, in `COMPILATIONS`' order.
+    panels = [
+        (backend, xla)
+        for backend, flags in COMPILATIONS.items()
+        for xla in flags
+        if ((table["backend"] == backend) & (table["xla"] == xla)).any()
+    ]
+    fig, axes = plots.new_axes(width=4.2, height=3.4, ncols=len(panels))
+    axes = axes if isinstance(axes, list) else [axes]
+    names = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+    for ax, (backend, xla) in zip(axes, panels):
+        part = table[(table["backend"] == backend) & (table["xla"] == xla)]
         cases = sorted(part["case"].unique())
         for i, layer in enumerate(LAYERS):
             sub = part[part["layer"] == layer].set_index("case").reindex(cases)
@@ -540,9 +623,11 @@ def figures(bench, out_dir):
         ax.set_yticks(range(len(cases)))
         ax.set_yticklabels(cases, fontsize=7)
         ax.set_xlabel("time ratio kerasnorm / Keras (1 = parity)")
-        ax.set_title("XLA" if xla else "tf.function", fontsize=9)
+        compiled = {"tensorflow": "XLA" if xla else "tf.function", "jax": "XLA", "torch": "eager"}[backend]
+        ax.set_title(f"{names[backend]}, {compiled}", fontsize=9)
     axes[0].legend(fontsize=7, frameon=False)
-    plotted = table[["shape", "layer", "mode", "xla", "ratio"]].sort_values(["xla", "shape", "layer", "mode"])
+    columns = ["backend", "shape", "layer", "mode", "xla", "ratio"]
+    plotted = table[columns].sort_values(["backend", "xla", "shape", "layer", "mode"])
     return plots.save_figure(fig, "fig-bench-layers", out_dir, plotted)
 
 
@@ -563,6 +648,8 @@ def main(argv=None):
     parser.add_argument("--processes", type=int, default=3,
                         help="fresh processes the layer cases run in, one after another; the "
                         "table gives the median over them (default 3)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help="Keras backends the layer cases run under (default: all three)")
     parser.add_argument("--layers-only", type=pathlib.Path, help=argparse.SUPPRESS)
     parser.add_argument("--engine-only", action="store_true",
                         help="only the engine against a plain Keras loop (`engine` in bench.json, "
@@ -589,7 +676,7 @@ def main(argv=None):
         ratios = ", ".join(f"{r['model']} {r['ratio']:.2f}x" for r in engine["table"])
         print(f"engine / plain Keras loop: {ratios}; wrote {path}")
         return 0
-    result = run(shapes, args.repeats, args.executor, args.tiny, args.processes)
+    result = run(shapes, args.repeats, args.executor, args.tiny, args.processes, args.backends)
     result["engine"] = engine
     path = write(result, args.results)
     met = sum(r["met"] for r in result["table"])

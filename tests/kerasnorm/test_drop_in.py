@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import warnings
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import ops
 
 import kerasnorm
@@ -173,13 +172,23 @@ def test_configs_equal_keras_before_and_after_build(name, kwargs):
     assert config(ours) == config(theirs)
 
 
-# -- TensorFlow-only options on the other backends -----------------------------------------
+# -- synchronized=True with one replica, on every backend ----------------------------------
 
 
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the other backends' behaviour")
-def test_synchronized_raises_outside_tensorflow():
-    with pytest.raises(ValueError, match=f"TensorFlow backend.*backend='{keras.backend.backend()}'"):
-        kerasnorm.BatchNormalization(synchronized=True)
+@pytest.mark.parametrize("masked", [False, True])
+def test_synchronized_with_one_replica_is_the_plain_layer(masked):
+    # No tf.distribute strategy, torch.distributed group or data-parallel distribution:
+    # the layer's batch is the whole batch (to rounding: the plain layer may take a fast
+    # path of kernels.py). Several replicas: test_distributed.py (TensorFlow) and
+    # test_synchronized.py (JAX, PyTorch).
+    x = _data((6, 4, 3))
+    mask = RNG.random((6, 4)) > 0.3 if masked else None
+    synced = kerasnorm.BatchNormalization(momentum=0.5, synchronized=True)
+    plain = kerasnorm.BatchNormalization(momentum=0.5)
+    outputs = [_numpy(layer(x, training=True, mask=mask)) for layer in (synced, plain)]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(synced.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 # -- the recurrent cells on every backend --------------------------------------------------
@@ -205,13 +214,6 @@ def test_recurrent_cells_fit_save_and_reload_on_padded_sequences(make_cell, tmp_
     x[:2, 3:] = 0.0  # two padded sequences
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     y = np.ones((4, 1), "float32")
-    if keras.backend.backend() == "jax" and isinstance(cell, kerasnorm.BatchNormLSTMCell):
-        # Per-step moving statistics cannot be updated inside jax.lax.scan: inference
-        # works, training fails with a clear error, not a leaked tracer.
-        assert np.isfinite(model.predict(x, verbose=0)).all()
-        with pytest.raises(NotImplementedError, match="cannot train under the JAX backend"):
-            model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-        return
     history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     model.save(tmp_path / "rnn.keras")
