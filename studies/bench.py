@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-#: (batch, ...) shapes of issue 6; `--tiny` swaps in small ones for tests.
+#: (batch, ...) shapes of the layer bench; `--tiny` swaps in small ones for tests.
 SHAPES = {"conv": (128, 32, 32, 64), "dense": (256, 512), "sequence": (64, 128, 256)}
 TINY_SHAPES = {"conv": (4, 4, 4, 8), "dense": (8, 16), "sequence": (2, 4, 8)}
 LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
@@ -40,7 +40,7 @@ BACKENDS = ("tensorflow", "jax", "torch")
 #: `tf.function` and under XLA; JAX always under XLA (`jax.jit`); PyTorch eagerly, Keras's
 #: default there (`torch.compile` would compile each case for minutes on CPU).
 COMPILATIONS = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}
-#: Targets of issue 6: kerasnorm / Keras time ratio, at most.
+#: Targets: kerasnorm / Keras time ratio, at most.
 TARGET_BN_CONV_TRAIN = 0.6
 #: "No slower than the built-in, within noise": a median ratio up to this counts as equal,
 #: or up to the largest difference between two copies of the same Keras layer timed the
@@ -339,7 +339,7 @@ def bench_folding(shapes, repeats, min_sample_s=MIN_SAMPLE_S):
     return rows
 
 
-#: Target of issue 6: 2 workers give at least this multiple of 1 worker's throughput.
+#: Target: 2 workers give at least this multiple of 1 worker's throughput.
 TARGET_SPEEDUP_2_WORKERS = 1.7
 
 
@@ -561,7 +561,7 @@ DESCRIPTION = (
     "median over them (`ratio_per_process` in bench.json keeps each). Each case also "
     "times a second copy of the Keras layer, alternating with the other two: "
     "`keras_vs_keras` is its median ratio to the first, the spread between identical "
-    "computations. Targets (issue 6): under TensorFlow, BatchNormalization training on the conv "
+    "computations. Targets: under TensorFlow, BatchNormalization training on the conv "
     f"shape at most {TARGET_BN_CONV_TRAIN}x the built-in's time; every other case no slower than "
     f"the built-in within noise: a ratio at most {NOISE_RATIO}, or at most the largest "
     "`keras_vs_keras` of the backend's cases (either way, as a factor) when that is larger "

@@ -374,7 +374,7 @@ def analyze(ok: pandas.DataFrame, runs) -> dict:
         "No accuracy is compared between arms, so no ceiling or floor applies; the target "
         "(below) sits well inside both.",
         f"Thresholds ({STEPS_SAVED_PCT:g} % of the steps, {STABLE_LR_DECADES:g} decades) were "
-        "fixed when the rule moved to the four-way scale (issue 11), after the previous full "
+        "fixed when the rule moved to the four-way scale, after the previous full "
         "run had been seen; that run is also the pilot of the seed plan.",
     ]
     if note:

@@ -13,7 +13,7 @@ per-step BN it scores a second time after re-estimating the statistics of the st
 beyond T on unlabeled long sequences (`recalibrated_beyond_T`): the arm that isolates the
 mechanism the note names, statistics missing beyond T.
 
-The task replaced the plain majority task of earlier runs (issue 11), where every arm
+The task replaced the plain majority task of earlier runs, where every arm
 scored 98-100 % within the training lengths: at that ceiling the per-step and the shared
 BN arms could not differ. The key carried from the first step to the last is the longer
 dependency, and the token noise keeps room below 100 % for a model that has learned the
@@ -659,7 +659,7 @@ def analyze(ok: pandas.DataFrame, runs) -> dict:
         "The task needs the key and the counts carried over the whole sequence, so every "
         "arm loses accuracy on longer test sequences; the claim is about BN's extra loss, "
         "hence the drop compared with LN's.",
-        "The task changed after the previous full run (issue 11): the plain majority task "
+        "The task changed after the full run before 6d7033a: the plain majority task "
         "left every arm at 98-100 % within T, where check (1) could not decide. The noise "
         "level was chosen in a pilot of LN alone (0.6: near chance; 0.3: 82 % within T), "
         "before any BN arm was compared; the training set then grew from 4000 to 16000 "

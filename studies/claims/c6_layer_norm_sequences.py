@@ -572,7 +572,7 @@ def analyze(ok: pandas.DataFrame, runs) -> dict:
         "would still err where the noise hides a close count, so two arms near that limit "
         "would agree for want of room, which (b1), a non-inferiority check, would count "
         "for LN.",
-        "The task changed after the previous full run (issue 11): without the noise both "
+        "The task changed after the full run before 6d7033a: without the noise both "
         "token arms sat at 98-100 %, where (b1) could not decide. The noise level was "
         "taken from C5's pilot; the thresholds were set with the new verdict scale, after "
         "the earlier runs had been seen. The verdict is now the four-way scale's: a "

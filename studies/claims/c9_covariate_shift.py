@@ -93,7 +93,7 @@ SEED_PLAN = stats.SeedPlan(
 )  # fmt: skip
 #: Logs of `LOG_EVERY` steps in the full profile: until batch norm's training loss levels off.
 #: Measured before the full run (seed 1, batch norm): plateau 0.10 after 3000 steps (the
-#: budget before issue 11), 0.055 after 6000, 0.014 after 8000.
+#: budget of the run before 6d7033a), 0.055 after 6000, 0.014 after 8000.
 FULL_LOGS = 80
 PROFILES = {
     "smoke": dict(seeds=(0,), logs=2, log_every=3, num_samples=500, arms=("none", NOISY)),
@@ -434,11 +434,11 @@ def analyze(ok: pandas.DataFrame, runs) -> dict:
         "is a mean over training, not an end-of-training number. The sigmoid MLP goes on "
         "fitting its 3200 training samples: measured before the full run (seed 1, batch norm), "
         "its training loss levelled off only after about 8000 steps (plateau 0.10 at 3000 steps, "
-        f"the budget before issue 11, 0.055 at 6000, 0.014 at 8000), hence {FULL_LOGS * LOG_EVERY} "
+        f"the budget of the run before 6d7033a, 0.055 at 6000, 0.014 at 8000), hence {FULL_LOGS * LOG_EVERY} "
         "steps, with 6 seeds instead of 8 to pay for them. Ceiling: the arms stay far "
         "from 100 % and from chance on MNIST-1D unless the accuracy check says so.",
         f"Thresholds ({SHIFT_REDUCTION_PCT:g} %, {BENEFIT_LOST_PP:g} pp) were fixed at the move "
-        "to the four-way scale (issue 11), after the previous full run had been seen.",
+        "to the four-way scale, after the previous full run had been seen.",
     ]
     if note:
         caveats.insert(0, note)

@@ -230,7 +230,7 @@ def deciding_check(checks, verdict=None, preferred=None) -> dict | None:
 PLATEAU_THRESHOLD = 0.05
 PLATEAU_FRACTION = 0.2
 #: An arm has converged when at least this share of its runs that did not diverge has: its
-#: median run. Set after the first full run with 8 seeds an arm (issue 13's stacked blocks),
+#: median run. Set after the first full run with 8 seeds an arm (the stacked blocks'),
 #: before the committed one: the plateau of one run is a two-point difference, and where an
 #: arm's loss falls little in all (C4's MLP with BN at batch 2, 80 % test error) it scatters
 #: around zero from run to run (-0.08 to 0.12 at 30 epochs, and again at 60, with the error

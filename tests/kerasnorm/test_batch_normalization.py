@@ -1,4 +1,4 @@
-"""kerasnorm.BatchNormalization: the drop-in contract (issue 2) and its extensions (issue 3)."""
+"""kerasnorm.BatchNormalization: the drop-in contract and its extensions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kerasnorm.LayerNormalization: the drop-in contract (issue 2)."""
+"""kerasnorm.LayerNormalization: the drop-in contract."""
 
 from __future__ import annotations
 

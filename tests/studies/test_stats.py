@@ -26,7 +26,7 @@ def _check(low, high, threshold=3.0, kind="at_least", decisive=True, blockers=()
     [
         ("at_least", 3.0, 5.0, "holds"),  # low end at the threshold still holds
         ("at_least", 0.5, 2.9, "fails"),
-        ("at_least", 1.7, 6.7, "undecided"),  # the C4 interval spans 0 and 3 pp
+        ("at_least", 1.7, 6.7, "undecided"),  # a C4 interval that spans 0 and 3 pp
         ("at_most", -1.0, 3.0, "holds"),
         ("at_most", 3.1, 4.0, "fails"),
         ("at_most", 2.0, 4.0, "undecided"),
